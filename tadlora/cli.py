@@ -1,0 +1,125 @@
+"""Command line: argument parsing and printing only; the work is in runner / topology."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import __version__
+from .checkpoint import CheckpointError
+from .config import Config, ConfigError, load
+
+
+def _split(args: list[str]) -> tuple[str | None, list[str]]:
+    """[CONFIG] [section.key=value ...] -> (config path or None, overrides)."""
+    if args and "=" not in args[0]:
+        return args[0], args[1:]
+    return None, args
+
+
+def _config(args: list[str]) -> Config:
+    path, overrides = _split(args)
+    return load(path, overrides)
+
+
+def results_table(summary: dict) -> str:
+    """Per-client validation accuracy with the client's label counts, then the aggregates."""
+    names = summary["label_names"]
+    lines = [f"{'client':>6}  {'labels (' + '/'.join(names) + ')':<28} {'accuracy':>8}"]
+    for i, (acc, counts) in enumerate(zip(summary["client_acc"], summary["label_counts"],
+                                          strict=True)):
+        lines.append(f"{i:>6}  {'/'.join(map(str, counts)):<28} {acc:>8.4f}")
+    lines.append(f"{'mean':>6}  {'':<28} {summary['mean']:>8.4f}")
+    lines.append(f"{'std':>6}  {'':<28} {summary['std']:>8.4f}")
+    lines.append(f"min {summary['min']:.4f}  max {summary['max']:.4f}  averaged adapter "
+                 f"{summary['averaged_adapter_acc']:.4f}")
+    return "\n".join(lines)
+
+
+def cmd_run(ns: argparse.Namespace) -> None:
+    from . import runner
+
+    if ns.resume:
+        if ns.args and "=" not in ns.args[0]:
+            raise ConfigError("with --resume the config comes from the run directory; "
+                              "pass only run.* overrides")
+        directory, summary = runner.resume(ns.resume, ns.args)
+    else:
+        directory, summary = runner.run(_config(ns.args))
+    print(results_table(summary))
+    print(f"run directory: {directory}")
+
+
+def cmd_topology(ns: argparse.Namespace) -> None:
+    from . import topology
+
+    cfg = _config(ns.args)
+    t = cfg.topology
+    s = topology.topology_stats(t.kind, cfg.clients.n, cfg.run.seed, t.p, t.path or None,
+                                cfg.method.c, t.rho_samples)
+    print(f"topology {t.kind} (p={t.p}) with {cfg.clients.n} clients, "
+          f"{t.rho_samples} Monte Carlo samples")
+    print(f"rho            {s.rho:.4f}")
+    print(f"spectral gap   {s.spectral_gap:.4f}")
+    print(f"mean degree    {s.mean_degree:.3f}")
+    auto = s.auto_interval if s.auto_interval is not None else "none (the graph never mixes)"
+    print(f"auto T (c={cfg.method.c:g})  {auto}")
+
+
+def cmd_export(ns: argparse.Namespace) -> None:
+    from . import checkpoint, lora, runner
+
+    directory = Path(ns.run_dir)
+    cfg = load(directory / runner.CONFIG)
+    model, _ = runner.load_model(cfg, len(runner.load_data(cfg)[0].label_names))
+    model = runner.stack_adapters(model, cfg)
+    meta, tensors, _ = checkpoint._read(directory / runner.CKPT)
+    lora.load_state(model, tensors)
+    if not 0 <= ns.client < cfg.clients.n:
+        raise ConfigError(f"--client {ns.client}: the run has clients 0..{cfg.clients.n - 1}")
+    m = cfg.model
+    out = lora.export_peft(model, ns.client, ns.out, list(m.target_modules), m.lora_r,
+                           m.lora_alpha, m.lora_dropout, list(m.head_modules),
+                           runner.model_path(m.path))
+    print(f"client {ns.client} after {meta['round']} rounds -> {out} (load with "
+          "peft.PeftModel.from_pretrained)")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tadlora", description=__doc__)
+    p.add_argument("--version", action="version", version=f"tadlora {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    over = "[CONFIG.toml] [section.key=value ...]"
+    r = sub.add_parser("run", help="train a federation in one process", usage=f"tadlora run {over}")
+    r.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    r.add_argument("args", nargs="*", help=argparse.SUPPRESS)
+    r.set_defaults(func=cmd_run)
+    t = sub.add_parser("topology", help="rho, spectral gap, mean degree and auto T of a graph",
+                       usage=f"tadlora topology {over}")
+    t.add_argument("args", nargs="*", help=argparse.SUPPRESS)
+    t.set_defaults(func=cmd_topology)
+    e = sub.add_parser("export", help="write one client's adapter in peft's format")
+    e.add_argument("run_dir")
+    e.add_argument("--client", type=int, required=True)
+    e.add_argument("--out", required=True)
+    e.set_defaults(func=cmd_export)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = parser().parse_args(argv)
+    try:
+        ns.func(ns)
+    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as e:
+        print(f"tadlora: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tadlora: interrupted; the last checkpoint is kept (resume with "
+              "`tadlora run --resume RUN_DIR`)", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

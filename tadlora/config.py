@@ -1,0 +1,252 @@
+"""Run configuration: frozen dataclasses, TOML files, `section.key=value` overrides, validation.
+
+This is the only module that knows the names users type; runner.py turns a Config into plain
+arguments for the library.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from .topology import DEFAULT_C
+
+
+@dataclass(frozen=True)
+class Run:
+    seed: int = 0
+    rounds: int = 30
+    eval_every: int = 10  # 0 = only at the end
+    out_dir: str = "runs"
+    name: str = ""  # run directory name under out_dir; "" = <method>-<topology>-s<seed>-<time>
+    checkpoint_every: int = 1  # rounds between checkpoints (the last round is always saved)
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class Clients:
+    n: int = 10
+
+
+@dataclass(frozen=True)
+class Model:
+    path: str = "minilm"  # "minilm" = the packaged all-MiniLM-L6-v2; or a local dir / hub id
+    num_layers: int = 0  # keep only the first k transformer layers; 0 = all
+    lora_r: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.1
+    target_modules: tuple[str, ...] = ("query", "value")
+    head: str = "frozen"
+    head_modules: tuple[str, ...] = ("classifier", "score")
+
+
+@dataclass(frozen=True)
+class Data:
+    source: str = "rotten_tomatoes"
+    path: str = ""  # directory for source=files; optional file for the packaged sources
+    task: str = ""  # GLUE task for source=hf; validation file stem for source=files
+    max_length: int = 64
+    partition: str = "label_skew"
+    alpha: float = 0.5  # Dirichlet concentration (partition=dirichlet)
+    examples_per_client: int = 256  # 0 = split the whole train set over the clients
+    val_size: int = 1000  # validation examples (held out of the packaged sources; 0 = all)
+
+
+@dataclass(frozen=True)
+class Topology:
+    kind: str = "er"
+    p: float = 0.5
+    path: str = ""  # graph file for kind=file
+    rho_samples: int = 2000  # Monte Carlo samples for the contraction rho
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str = "tad"
+    switch_interval: int | str = "auto"  # rounds per phase, or "auto" = from rho
+    c: float = DEFAULT_C  # constant of auto: T = max(1, round(c / sqrt(1 - rho)))
+
+
+@dataclass(frozen=True)
+class Train:
+    local_steps: int = 5
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    clip_norm: float = 1.0  # per-client gradient norm clip; 0 = off
+    optimizer_state: str = "keep"  # keep | reset_phase | reset_round
+    precision: str = "fp32"
+    device: str = "cpu"
+    clients_per_forward: int = 0  # clients batched into one forward pass; 0 = all
+
+
+@dataclass(frozen=True)
+class Config:
+    run: Run = field(default_factory=Run)
+    clients: Clients = field(default_factory=Clients)
+    model: Model = field(default_factory=Model)
+    data: Data = field(default_factory=Data)
+    topology: Topology = field(default_factory=Topology)
+    method: Method = field(default_factory=Method)
+    train: Train = field(default_factory=Train)
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "model.head": ("frozen", "trained"),
+    "data.source": ("rotten_tomatoes", "tweets", "files", "hf"),
+    "data.partition": ("label_skew", "dirichlet", "iid"),
+    "topology.kind": ("er", "ring", "complete", "pairs", "file"),
+    "method.name": ("lora", "ffa", "rolora", "adf", "tad", "local", "fedavg"),
+    "train.optimizer_state": ("keep", "reset_phase", "reset_round"),
+    "train.precision": ("fp32", "bf16"),
+}
+POSITIVE = {"run.rounds", "clients.n", "model.lora_r", "data.max_length", "train.local_steps",
+            "train.batch_size", "topology.rho_samples", "run.checkpoint_every"}
+NON_NEGATIVE = {"run.eval_every", "model.num_layers", "data.examples_per_client",
+                "data.val_size", "train.clip_norm", "train.weight_decay",
+                "train.clients_per_forward", "data.alpha", "method.c", "train.lr"}
+
+
+class ConfigError(ValueError):
+    """A config key or value that is wrong; the message says which and what is allowed."""
+
+
+def _sections() -> dict[str, type]:
+    hints = typing.get_type_hints(Config)
+    return {f.name: hints[f.name] for f in fields(Config)}
+
+
+def _coerce(key: str, value: Any, typ: Any) -> Any:
+    """Check `value` against the field type, converting where it is unambiguous."""
+    origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):
+        for t in typing.get_args(typ):
+            try:
+                return _coerce(key, value, t)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key}={value!r}: expected one of {typing.get_args(typ)}")
+    if origin is tuple:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+            raise ConfigError(f"{key}={value!r}: expected a list of names, e.g. query,value")
+        return tuple(i.strip() for i in items if i.strip())
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+        raise ConfigError(f"{key}={value!r}: expected {typ.__name__}")
+    return value
+
+
+def _check(cfg: Config) -> None:
+    for key, choices in CHOICES.items():
+        section, name = key.split(".")
+        if getattr(getattr(cfg, section), name) not in choices:
+            value = getattr(getattr(cfg, section), name)
+            raise ConfigError(f"{key}={value!r} is not valid; choose one of {', '.join(choices)}")
+    for key in POSITIVE | NON_NEGATIVE:
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value < 0 or (key in POSITIVE and value == 0):
+            bound = "> 0" if key in POSITIVE else ">= 0"
+            raise ConfigError(f"{key}={value!r}: must be {bound}")
+    si = cfg.method.switch_interval
+    if si != "auto" and not (isinstance(si, int) and si >= 1):
+        raise ConfigError(f"method.switch_interval={si!r}: use an integer >= 1 or 'auto'")
+    if not 0 < cfg.topology.p <= 1:
+        raise ConfigError(f"topology.p={cfg.topology.p}: must be in (0, 1]")
+    if not 0 <= cfg.model.lora_dropout < 1:
+        raise ConfigError(f"model.lora_dropout={cfg.model.lora_dropout}: must be in [0, 1)")
+    if cfg.data.source == "files" and not cfg.data.path:
+        raise ConfigError("data.source=files needs data.path=<dir with train/validation files>")
+    if cfg.data.source == "hf" and not cfg.data.task:
+        raise ConfigError("data.source=hf needs data.task=<GLUE task, e.g. sst2 or mnli>")
+    if cfg.topology.kind == "file" and not cfg.topology.path:
+        raise ConfigError("topology.kind=file needs topology.path=<graph file>")
+
+
+def from_dict(raw: dict[str, Any], base: Config | None = None) -> Config:
+    """Build a Config from nested {section: {key: value}}, on top of `base` (or the defaults)."""
+    cfg = base or Config()
+    sections = _sections()
+    for section, values in raw.items():
+        if section not in sections:
+            raise ConfigError(f"unknown config section [{section}]; valid: {', '.join(sections)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"[{section}] must be a table of keys, got {values!r}")
+        hints = typing.get_type_hints(sections[section])
+        changes = {}
+        for key, value in values.items():
+            if key not in hints:
+                raise ConfigError(f"unknown config key {section}.{key}; valid keys of [{section}]: "
+                                  f"{', '.join(hints)}")
+            changes[key] = _coerce(f"{section}.{key}", value, hints[key])
+        cfg = replace(cfg, **{section: replace(getattr(cfg, section), **changes)})
+    _check(cfg)
+    return cfg
+
+
+def _parse_value(text: str) -> Any:
+    """A command-line value: TOML syntax when it parses (5, 1e-3, true, "x"), else a bare string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
+    """["train.lr=1e-3", ...] -> {"train": {"lr": 0.001}}."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot or not name:
+            raise ConfigError(f"override {item!r} must look like section.key=value, "
+                              "e.g. train.lr=1e-3")
+        out.setdefault(section, {})[name] = _parse_value(value.strip())
+    return out
+
+
+def load(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Defaults <- TOML file <- command-line overrides, validated."""
+    cfg = Config()
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            raw = tomllib.loads(p.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {p} is not valid TOML: {e}") from e
+        cfg = from_dict(raw, cfg)
+    return from_dict(parse_overrides(list(overrides)), cfg)
+
+
+def to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
+    return {k: {kk: list(vv) if isinstance(vv, tuple) else vv for kk, vv in v.items()}
+            for k, v in dataclasses.asdict(cfg).items()}
+
+
+def to_toml(cfg: Config) -> str:
+    """The resolved config as TOML (read back by `load`)."""
+    lines = []
+    for section, values in to_dict(cfg).items():
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(i) for i in v) + "]"
+    return repr(v)

@@ -1,0 +1,52 @@
+"""Gossip averaging of stacked client tensors, and the diagnostics logged every round."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def mix(tensors: dict[str, torch.Tensor], w: torch.Tensor) -> None:
+    """x_i <- sum_j W[i, j] x_j for every stacked tensor (client axis first), in place."""
+    with torch.no_grad():
+        for x in tensors.values():
+            x.copy_(torch.einsum("ij,j...->i...", w.to(x.device, x.dtype), x))
+
+
+def consensus_distance(tensors: dict[str, torch.Tensor]) -> float:
+    """sqrt( (1/n) sum_i sum_layers ||x_i - mean_j x_j||_F^2 ): 0 when all clients agree."""
+    total = 0.0
+    for x in tensors.values():
+        x = x.detach().float()
+        total += (x - x.mean(0, keepdim=True)).pow(2).sum().item() / x.shape[0]
+    return total**0.5
+
+
+def cross_term_error(a0: dict[str, torch.Tensor], b0: dict[str, torch.Tensor],
+                     a1: dict[str, torch.Tensor], b1: dict[str, torch.Tensor],
+                     w: torch.Tensor) -> float:
+    """Mean over clients and layers of ||B1_i A1_i - sum_j W_ij B0_j A0_j||_F / ||sum_j W_ij
+    B0_j A0_j||_F: how far the factors after gossip (a1, b1) are from averaging the products
+    (a0, b0: before gossip). For methods that mix both factors, B1_i A1_i is exactly
+    (mixed B)(mixed A), so this is the topology-induced cross-term error. Clients whose mixed
+    product is zero (B = 0 at the start) are left out; 0.0 if nothing is left."""
+    errors = []
+    for name in a0:
+        w_ = w.to(a0[name].device, torch.float32)
+        products = torch.bmm(b0[name].float(), a0[name].float())  # (n, d_out, d_in)
+        ideal = torch.einsum("ij,jod->iod", w_, products)
+        actual = torch.bmm(b1[name].float(), a1[name].float())  # (n, d_out, d_in)
+        norm = ideal.flatten(1).norm(dim=1)
+        keep = norm > 0
+        if keep.any():
+            err = (actual - ideal).flatten(1).norm(dim=1)[keep] / norm[keep]
+            errors.append(err)
+    return torch.cat(errors).mean().item() if errors else 0.0
+
+
+def bytes_sent(w: np.ndarray, tensors: dict[str, torch.Tensor]) -> list[int]:
+    """Bytes each client sends in point-to-point gossip: its slice of every mixed tensor to
+    every neighbour with a nonzero weight."""
+    per_client = sum(x[0].numel() * x.element_size() for x in tensors.values())
+    off = (w != 0) & ~np.eye(w.shape[0], dtype=bool)
+    return [int(k) * per_client for k in off.sum(axis=0)]

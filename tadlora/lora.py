@@ -1,0 +1,227 @@
+"""Stacked LoRA: one frozen base model, every client's adapter factors stacked on a client axis.
+
+For each adapted linear layer the factors of all n clients live in two tensors
+A: (n, r, d_in) and B: (n, d_out, r). A forward pass runs a *group* of clients at once: the
+batch holds g equal chunks of examples, chunk k belonging to the k-th selected client, so each
+client's gradient lands in its own slice of A.grad / B.grad. The computation per client is
+exactly peft's LoRA: base(x) + (alpha / r) * B @ A @ dropout(x).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+Clients = slice | torch.Tensor  # a contiguous client range, or a 1-d index tensor
+KINDS = ("A", "B", "head")  # the kinds of per-client tensors a model carries
+
+
+class _Stacked(nn.Module):
+    """Shared plumbing: which clients the next forward runs, and grouping of the batch."""
+
+    clients: Clients
+
+    def _group(self, x: torch.Tensor, g: int) -> torch.Tensor:
+        if x.shape[0] % g:
+            raise ValueError(f"batch of {x.shape[0]} rows does not split into {g} client groups")
+        return x.reshape(g, -1, x.shape[-1])  # (g, rows_per_client * ..., d)
+
+    def n_selected(self, n: int) -> int:
+        if isinstance(self.clients, slice):
+            return len(range(*self.clients.indices(n)))
+        return self.clients.numel()
+
+
+class LoRALinear(_Stacked):
+    """A frozen nn.Linear plus the stacked LoRA factors of every client."""
+
+    def __init__(self, base: nn.Linear, n_clients: int, r: int, alpha: float, dropout: float,
+                 init_a: torch.Tensor) -> None:
+        super().__init__()
+        self.base = base
+        self.scale = alpha / r
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        dev, dt = base.weight.device, base.weight.dtype
+        self.A = nn.Parameter(init_a.to(dev, dt).expand(n_clients, -1, -1).clone())  # (n, r, d_in)
+        self.B = nn.Parameter(torch.zeros(n_clients, base.out_features, r, device=dev, dtype=dt))
+        self.clients = slice(0, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        a, b = self.A[self.clients], self.B[self.clients]  # (g, r, d_in), (g, d_out, r)
+        h = torch.bmm(self._group(self.dropout(x), a.shape[0]), a.transpose(1, 2))  # (g, m, r)
+        delta = torch.bmm(h, b.transpose(1, 2))  # (g, m, d_out)
+        return y + self.scale * delta.reshape(y.shape).to(y.dtype)
+
+
+class StackedLinear(_Stacked):
+    """A linear layer with a full weight per client: the trained classifier head."""
+
+    def __init__(self, base: nn.Linear, n_clients: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(base.weight.detach().expand(n_clients, -1, -1).clone())
+        bias = base.bias if base.bias is not None else torch.zeros(base.out_features)
+        self.bias = nn.Parameter(bias.detach().expand(n_clients, -1).clone())
+        self.clients = slice(0, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w, b = self.weight[self.clients], self.bias[self.clients]  # (g, out, in), (g, out)
+        y = torch.baddbmm(b.unsqueeze(1), self._group(x, w.shape[0]), w.transpose(1, 2))
+        return y.reshape(*x.shape[:-1], w.shape[1])
+
+
+def _matches(name: str, targets: list[str]) -> bool:
+    return any(name == t or name.endswith("." + t) for t in targets)
+
+
+def _in_head(name: str, head_modules: list[str]) -> bool:
+    return any(name == h or name.startswith(h + ".") for h in head_modules)
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+def _init_a(r: int, d_in: int, generator: torch.Generator) -> torch.Tensor:
+    """peft's LoRA A initialisation (Kaiming-uniform, a=sqrt(5)), drawn from a seeded generator."""
+    a = torch.empty(r, d_in)
+    nn.init.kaiming_uniform_(a, a=math.sqrt(5), generator=generator)
+    return a
+
+
+def inject(model: nn.Module, n_clients: int, target_modules: list[str], r: int, alpha: float,
+           dropout: float, seed: int, head_modules: list[str], train_head: bool) -> nn.Module:
+    """Freeze `model`, wrap every linear layer named in target_modules with stacked LoRA factors
+    (identical seeded A on every client, B = 0) and, if train_head, every linear layer inside the
+    head modules with a per-client full weight. Returns the same model, modified in place."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    gen = torch.Generator().manual_seed(seed)
+    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    targets = [(n, m) for n, m in linears if _matches(n, target_modules)]
+    if not targets:
+        raise ValueError(f"model.target_modules={target_modules} matches no linear layer; "
+                         f"linear layers are named like {[n for n, _ in linears[:6]]}")
+    for name, lin in targets:
+        init_a = _init_a(r, lin.in_features, gen)
+        _set_module(model, name, LoRALinear(lin, n_clients, r, alpha, dropout, init_a))
+    if train_head:
+        for name, lin in linears:
+            if _in_head(name, head_modules):
+                _set_module(model, name, StackedLinear(lin, n_clients))
+    return model
+
+
+def factors(model: nn.Module) -> dict[str, dict[str, nn.Parameter]]:
+    """The per-client tensors by kind: {"A": {name: (n, r, d_in)}, "B": {...}, "head": {...}}."""
+    out: dict[str, dict[str, nn.Parameter]] = {k: {} for k in KINDS}
+    for name, m in model.named_modules():
+        if isinstance(m, LoRALinear):
+            out["A"][name] = m.A
+            out["B"][name] = m.B
+        elif isinstance(m, StackedLinear):
+            out["head"][name + ".weight"] = m.weight
+            out["head"][name + ".bias"] = m.bias
+    return out
+
+
+@contextmanager
+def select(model: nn.Module, clients: Clients) -> Iterator[None]:
+    """Run the next forward passes for `clients` (the batch holds one equal chunk per client)."""
+    mods = [m for m in model.modules() if isinstance(m, _Stacked)]
+    old = [m.clients for m in mods]
+    for m in mods:
+        m.clients = clients
+    try:
+        yield
+    finally:
+        for m, c in zip(mods, old, strict=True):
+            m.clients = c
+
+
+def state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """All per-client tensors, flat: {"A/<layer>": ..., "B/<layer>": ..., "head/<param>": ...}."""
+    return {f"{k}/{n}": p for k, ps in factors(model).items() for n, p in ps.items()}
+
+
+def load_state(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Copy tensors saved by `state` back in, checking names and shapes."""
+    own = state(model)
+    if set(own) != set(tensors):
+        missing, extra = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
+        raise ValueError(f"adapter tensors do not fit this model: missing {missing[:3]}, "
+                         f"unexpected {extra[:3]} (was it saved with other target_modules/head?)")
+    with torch.no_grad():
+        for name, p in own.items():
+            if p.shape != tensors[name].shape:
+                raise ValueError(f"{name}: saved shape {tuple(tensors[name].shape)} != model "
+                                 f"shape {tuple(p.shape)} (other clients.n or lora_r?)")
+            p.copy_(tensors[name])
+
+
+def _peft_tensors(model: nn.Module, client: int, head_modules: list[str]
+                  ) -> tuple[dict[str, torch.Tensor], set[str]]:
+    """Client `client`'s tensors under peft's key names, and which of those keys are per-client
+    (the rest belong to the shared frozen head). Values are views into the model."""
+    prefix, out, own = "base_model.model.", {}, set()
+    for name, m in model.named_modules():
+        if isinstance(m, LoRALinear):
+            out[f"{prefix}{name}.lora_A.weight"] = m.A[client]  # (r, d_in)
+            out[f"{prefix}{name}.lora_B.weight"] = m.B[client]  # (d_out, r)
+        elif isinstance(m, StackedLinear):
+            out[f"{prefix}{name}.weight"] = m.weight[client]
+            out[f"{prefix}{name}.bias"] = m.bias[client]
+        elif isinstance(m, nn.Linear) and _in_head(name, head_modules):
+            out.update({f"{prefix}{name}.{k}": v for k, v in m.named_parameters()})
+            continue
+        else:
+            continue
+        own.update(k for k in out if k.startswith(f"{prefix}{name}."))
+    return out, own
+
+
+def export_peft(model: nn.Module, client: int, out_dir: str | Path, target_modules: list[str],
+                r: int, alpha: float, dropout: float, head_modules: list[str],
+                base_model_path: str | None = None) -> Path:
+    """Write client `client`'s adapter and classifier head in peft's format, loadable with
+    `PeftModel.from_pretrained(base_model, out_dir)` (the head goes in as modules_to_save)."""
+    from peft import LoraConfig
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors, _ = _peft_tensors(model, client, head_modules)
+    save_file({k: v.detach().float().contiguous().cpu() for k, v in tensors.items()},
+              str(out / "adapter_model.safetensors"))
+    LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
+               task_type="SEQ_CLS", modules_to_save=head_modules,
+               base_model_name_or_path=base_model_path).save_pretrained(str(out))
+    return out
+
+
+def import_peft(model: nn.Module, client: int, adapter_dir: str | Path,
+                head_modules: list[str]) -> None:
+    """Load a peft LoRA adapter (as written by `export_peft`) into client `client`'s slice.
+    A shared frozen head is not overwritten: it must already equal the adapter's."""
+    path = Path(adapter_dir)
+    saved = load_file(str(path / "adapter_model.safetensors"))
+    views, own = _peft_tensors(model, client, head_modules)
+    missing = sorted(set(views) - set(saved))
+    if missing:
+        raise ValueError(f"{path} lacks {missing[:3]}: not an adapter for this model/targets")
+    with torch.no_grad():
+        for key, view in views.items():
+            if view.shape != saved[key].shape:
+                raise ValueError(f"{path}: {key} has shape {tuple(saved[key].shape)}, "
+                                 f"model expects {tuple(view.shape)} (other lora_r?)")
+            if key in own:
+                view.copy_(saved[key])
+            elif not torch.allclose(view.float(), saved[key].float()):
+                raise ValueError(f"{path}: frozen head tensor {key} differs from this model's "
+                                 "(use model.head=trained, or the same seed and base model)")

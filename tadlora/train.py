@@ -1,0 +1,90 @@
+"""The one local training loop: K AdamW steps for every client on the method's trainable factors.
+
+All clients' factors are stacked, so one AdamW over the stacked tensors is n independent AdamWs
+(it is elementwise). What must stay per client is done per slice: the loss (a sum of per-client
+means, so no client's gradient is scaled by the group size) and gradient clipping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import lora
+
+BatchFn = Callable[[int, slice], dict[str, torch.Tensor]]  # (step, clients) -> collated batch
+
+
+def set_trainable(model: nn.Module, kinds: Iterable[str]) -> list[nn.Parameter]:
+    """Make exactly the per-client tensors of `kinds` trainable; returns them."""
+    kinds = set(kinds)
+    active = []
+    for kind, params in lora.factors(model).items():
+        for p in params.values():
+            p.requires_grad_(kind in kinds)
+            if kind in kinds:
+                active.append(p)
+    return active
+
+
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """One AdamW over every per-client tensor. A frozen factor has grad None and is skipped, so
+    neither its moments nor its weight decay move while it is frozen."""
+    params = [p for ps in lora.factors(model).values() for p in ps.values()]
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+def reset_state(optimizer: torch.optim.Optimizer, params: Iterable[nn.Parameter]) -> None:
+    """Forget the AdamW moments (and step count) of `params`."""
+    for p in params:
+        optimizer.state.pop(p, None)
+
+
+def clip_per_client(params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
+    """Scale each client's gradient slice to norm <= max_norm; returns the norms before, (n,)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    sq = sum(g.detach().float().flatten(1).pow(2).sum(1) for g in grads)  # (n,)
+    norms = sq.sqrt()
+    if max_norm > 0:
+        coef = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+        for g in grads:
+            g.mul_(coef.view(-1, *([1] * (g.dim() - 1))).to(g.dtype))
+    return norms
+
+
+def groups(n: int, per_forward: int) -> list[slice]:
+    """Client slices that go through the model together (per_forward 0 = all at once)."""
+    size = per_forward or n
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def _group_loss(model: nn.Module, batch: dict[str, torch.Tensor], g: int) -> torch.Tensor:
+    """Per-client mean cross-entropy of a batch holding g equal client chunks, shape (g,)."""
+    labels = batch.pop("labels")
+    logits = model(**batch).logits.float()
+    loss = nn.functional.cross_entropy(logits, labels, reduction="none")
+    return loss.view(g, -1).mean(1)
+
+
+def local_round(model: nn.Module, optimizer: torch.optim.Optimizer, make_batch: BatchFn,
+                n_clients: int, steps: int, clip_norm: float, precision: str,
+                device: torch.device, per_forward: int = 0) -> np.ndarray:
+    """`steps` optimizer steps for all clients; returns each client's mean training loss."""
+    model.train()
+    params = [p for ps in lora.factors(model).values() for p in ps.values() if p.requires_grad]
+    losses = torch.zeros(n_clients)
+    for k in range(steps):
+        optimizer.zero_grad(set_to_none=True)
+        for group in groups(n_clients, per_forward):
+            batch = {key: v.to(device) for key, v in make_batch(k, group).items()}
+            with lora.select(model, group), torch.autocast(
+                    device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                loss = _group_loss(model, batch, group.stop - group.start)
+            loss.sum().backward()
+            losses[group] += loss.detach().cpu()
+        clip_per_client(params, clip_norm)
+        optimizer.step()
+    return (losses / steps).numpy()

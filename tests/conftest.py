@@ -1,0 +1,44 @@
+"""Shared fixtures: a tiny random BERT built in code, and the packaged tokenizer."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification
+
+TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+            vocab_size=30522, max_position_embeddings=128)
+
+
+def tiny_bert(num_labels: int = 2, seed: int = 0) -> BertForSequenceClassification:
+    torch.manual_seed(seed)
+    return BertForSequenceClassification(BertConfig(num_labels=num_labels, **TINY)).eval()
+
+
+@pytest.fixture
+def tiny_model():
+    return tiny_bert()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny random BERT saved with the packaged MiniLM tokenizer: a model.path for runs."""
+    from transformers import AutoTokenizer
+
+    from tadlora.runner import model_path
+
+    d = tmp_path_factory.mktemp("tiny-bert")
+    tiny_bert().save_pretrained(d)
+    AutoTokenizer.from_pretrained(model_path("minilm")).save_pretrained(d)
+    return str(d)
+
+
+def tiny_run_args(model_dir, out_dir, name, *extra):
+    """Overrides for a fast run on the tiny model and a little packaged data."""
+    return [f"model.path={model_dir}", f"run.out_dir={out_dir}", f"run.name={name}",
+            "run.rounds=4", "run.eval_every=2", "run.progress=false", "clients.n=4",
+            "data.examples_per_client=24", "data.val_size=40", "data.max_length=32",
+            "train.local_steps=2", "train.batch_size=4", "topology.p=0.5",
+            "topology.rho_samples=200", *extra]

@@ -1,0 +1,74 @@
+import pytest
+
+from tadlora import config
+from tadlora.config import ConfigError
+
+
+def test_defaults_are_valid_and_cover_the_required_keys():
+    cfg = config.load()
+    required = ["run.seed", "run.rounds", "run.eval_every", "run.out_dir", "clients.n",
+                "model.path", "model.lora_r", "model.lora_alpha", "model.lora_dropout",
+                "model.target_modules", "model.head", "data.source", "data.path", "data.task",
+                "data.max_length", "data.partition", "data.alpha", "data.examples_per_client",
+                "topology.kind", "topology.p", "topology.path", "method.name",
+                "method.switch_interval", "train.local_steps", "train.batch_size", "train.lr",
+                "train.precision", "train.device"]
+    for key in required:
+        section, name = key.split(".")
+        assert hasattr(getattr(cfg, section), name), key
+
+
+def test_overrides_parse_types():
+    cfg = config.load(None, ["train.lr=1e-3", "clients.n=4", "method.switch_interval=auto",
+                             "model.target_modules=query,key,value", "run.progress=false",
+                             "model.lora_alpha=32"])
+    assert cfg.train.lr == 1e-3 and cfg.clients.n == 4
+    assert cfg.method.switch_interval == "auto" and cfg.run.progress is False
+    assert cfg.model.target_modules == ("query", "key", "value")
+    assert cfg.model.lora_alpha == 32.0 and isinstance(cfg.model.lora_alpha, float)
+    assert config.load(None, ["method.switch_interval=3"]).method.switch_interval == 3
+
+
+def test_toml_file_then_overrides(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('[method]\nname = "lora"\n[train]\nlr = 0.002\nlocal_steps = 3\n')
+    cfg = config.load(f, ["train.lr=5e-4"])
+    assert cfg.method.name == "lora" and cfg.train.local_steps == 3 and cfg.train.lr == 5e-4
+
+
+@pytest.mark.parametrize("override, match", [
+    (["train.lrr=1"], "unknown config key train.lrr; valid keys of \\[train\\]: local_steps"),
+    (["trian.lr=1"], "unknown config section \\[trian\\]; valid: run"),
+    (["method.name=foo"], "method.name='foo' is not valid; choose one of lora, ffa, rolora"),
+    (["topology.kind=star"], "choose one of er, ring, complete, pairs, file"),
+    (["train.precision=fp16"], "choose one of fp32, bf16"),
+    (["train.lr=fast"], "train.lr='fast': expected float"),
+    (["clients.n=0"], "clients.n=0: must be > 0"),
+    (["clients.n=2.5"], "expected int"),
+    (["topology.p=1.5"], "topology.p=1.5: must be in"),
+    (["method.switch_interval=0"], "integer >= 1 or 'auto'"),
+    (["method.switch_interval=sometimes"], "switch_interval"),
+    (["data.source=files"], "needs data.path"),
+    (["topology.kind=file"], "needs topology.path"),
+    (["trainlr=1"], "section.key=value"),
+    (["train.lr"], "section.key=value"),
+])
+def test_bad_values_name_the_key_and_the_choices(override, match):
+    with pytest.raises(ConfigError, match=match):
+        config.load(None, override)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        config.load(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train\nlr=1")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        config.load(bad)
+
+
+def test_resolved_toml_roundtrip(tmp_path):
+    cfg = config.load(None, ["method.name=adf", "data.path=a \"q\" dir", "model.head=trained"])
+    f = tmp_path / "r.toml"
+    f.write_text(config.to_toml(cfg))
+    assert config.load(f) == cfg

@@ -1,0 +1,62 @@
+import numpy as np
+import torch
+
+from tadlora import gossip, topology
+
+
+def stacked(n=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return ({"l": torch.randn(n, 2, 5, generator=g)},  # A (n, r, d_in)
+            {"l": torch.randn(n, 3, 2, generator=g)})  # B (n, d_out, r)
+
+
+def test_mix_is_weighted_average_per_client():
+    a, _ = stacked()
+    w = topology.metropolis_hastings(topology.ring(4, 0, 0))
+    expected = torch.einsum("ij,jrd->ird", torch.as_tensor(w, dtype=torch.float32), a["l"])
+    gossip.mix(a, torch.as_tensor(w))
+    assert torch.allclose(a["l"], expected)
+
+
+def test_complete_uniform_mixing_reaches_consensus():
+    a, _ = stacked()
+    assert gossip.consensus_distance(a) > 0.1
+    gossip.mix(a, torch.full((4, 4), 0.25))
+    assert gossip.consensus_distance(a) < 1e-6
+
+
+def test_consensus_distance_value():
+    x = {"l": torch.tensor([[1.0, 0.0], [-1.0, 0.0]])}
+    assert abs(gossip.consensus_distance(x) - 1.0) < 1e-9  # sqrt((1 + 1) / 2)
+
+
+def test_cross_term_error_zero_when_a_agrees_and_positive_otherwise():
+    a, b = stacked()
+    w = torch.as_tensor(topology.metropolis_hastings(topology.complete(4, 0, 0)))
+    a_same = {"l": a["l"][:1].expand(4, -1, -1).clone()}
+    a1, b1 = {"l": a_same["l"].clone()}, {"l": b["l"].clone()}
+    gossip.mix(a1, w)
+    gossip.mix(b1, w)
+    assert gossip.cross_term_error(a_same, b, a1, b1, w) < 1e-6
+    a1, b1 = {"l": a["l"].clone()}, {"l": b["l"].clone()}
+    gossip.mix(a1, w)
+    gossip.mix(b1, w)
+    err = gossip.cross_term_error(a, b, a1, b1, w)
+    ideal = torch.einsum("ij,jod->iod", w.float(), torch.bmm(b["l"], a["l"]))
+    manual = ((torch.bmm(b1["l"], a1["l"]) - ideal).flatten(1).norm(dim=1)
+              / ideal.flatten(1).norm(dim=1)).mean().item()
+    assert err > 0.1 and abs(err - manual) < 1e-6
+
+
+def test_cross_term_error_skips_zero_products():
+    a, b = stacked()
+    zero = {"l": torch.zeros_like(b["l"])}
+    assert gossip.cross_term_error(a, zero, a, zero, torch.eye(4)) == 0.0
+
+
+def test_bytes_sent_counts_neighbours_times_slice_bytes():
+    a, b = stacked()
+    w = topology.metropolis_hastings(topology.ring(4, 0, 0))
+    per = (2 * 5 + 3 * 2) * 4
+    assert gossip.bytes_sent(w, {"a": a["l"], "b": b["l"]}) == [2 * per] * 4
+    assert gossip.bytes_sent(np.eye(4), {"a": a["l"]}) == [0] * 4

@@ -1,0 +1,321 @@
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tadlora import topology as tp
+
+N = 10
+REFERENCE_RHO = [  # METHOD.md: 10 clients, MH weights, Monte Carlo
+    ("er", 0.5, 0.15),
+    ("er", 0.2, 0.43),
+    ("er", 0.1, 0.64),
+    ("er", 0.05, 0.79),
+    ("er", 0.02, 0.91),
+    ("er", 0.01, 0.95),
+    ("ring", 0.5, 0.76),
+]
+SAMPLES = 2000
+
+
+def _is_adjacency(adj: np.ndarray, n: int) -> bool:
+    return (
+        adj.dtype == bool
+        and adj.shape == (n, n)
+        and np.array_equal(adj, adj.T)
+        and not adj.diagonal().any()
+    )
+
+
+# --- reference values of rho -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind,p,expected", REFERENCE_RHO)
+def test_rho_matches_reference(kind: str, p: float, expected: float) -> None:
+    # Two independent graph sequences must both hit the reference and agree with each other.
+    # Measured over 20 seeds at 2000 samples: std 0.0015-0.0042, an upward bias of 0.005-0.011
+    # (noise lifts the top eigenvalue) and a worst error of 0.018; 100k samples give the
+    # reference values within 0.004.
+    rhos = [tp.contraction(tp.mixing_process(kind, N, seed, p), N, SAMPLES) for seed in (0, 1)]
+    assert all(abs(rho - expected) < 0.03 for rho in rhos), rhos
+    assert abs(rhos[0] - rhos[1]) < 0.02, rhos
+
+
+def test_ring_rho_closed_form() -> None:
+    # MH ring: W circulant 1/3 (i-1, i, i+1); eigenvalues 1/3 + 2/3 cos(2 pi k / n).
+    expected = (1 / 3 + 2 / 3 * np.cos(2 * np.pi / N)) ** 2
+    assert tp.contraction(tp.mixing_process("ring", N, 0), N, samples=3) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 10])
+def test_complete_graph_mixes_exactly(n: int) -> None:
+    w = tp.mixing_process("complete", n, 0)(7)
+    np.testing.assert_allclose(w, tp.uniform_weights(n), atol=1e-15)
+    assert tp.contraction(tp.mixing_process("complete", n, 0), n, samples=2) < 1e-12
+
+
+def test_rho_of_static_graph_does_not_depend_on_start() -> None:
+    mixing = tp.mixing_process("ring", 6, 0)
+    assert tp.contraction(mixing, 6, 1, start=0) == pytest.approx(tp.contraction(mixing, 6, 5, 9))
+
+
+def test_never_mixing_process_has_rho_one() -> None:
+    assert tp.contraction(lambda t: np.eye(4), 4, samples=3) == 1.0
+    assert tp.contraction(tp.mixing_process("er", 6, 0, p=1e-9), 6, samples=50) == 1.0
+
+
+def test_disconnected_graph_has_no_auto_interval(tmp_path: Path) -> None:
+    path = _write(tmp_path, "two_parts.txt", "0 1\n2 3\n")
+    stats = tp.topology_stats("file", 4, 0, path=path, samples=2)
+    assert stats.rho == 1.0 and stats.spectral_gap == 0.0 and stats.auto_interval is None
+
+
+def test_single_client_is_trivially_in_consensus() -> None:
+    assert tp.topology_stats("ring", 1, 0, samples=3).rho == 0.0
+
+
+# --- graph generators --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["er", "ring", "complete", "pairs"])
+@pytest.mark.parametrize("n", [1, 2, 3, 10])
+def test_graphs_are_adjacency_matrices(kind: str, n: int) -> None:
+    process = tp.graph_process(kind, n, seed=3, p=0.5)
+    assert all(_is_adjacency(process(t), n) for t in range(5))
+
+
+def test_ring_small_cases() -> None:
+    assert not tp.ring(1, 0, 0).any()
+    assert tp.ring(2, 0, 0).sum() == 2  # one edge, stored both ways
+    assert (tp.ring(7, 0, 0).sum(axis=1) == 2).all()
+
+
+@pytest.mark.parametrize("n", [2, 7, 10])
+def test_pairs_meet_at_most_one_peer(n: int) -> None:
+    degrees = np.stack([tp.pairs(n, 0, t, p=0.6).sum(axis=1) for t in range(50)])  # (50, n)
+    assert degrees.max() <= 1
+    assert tp.pairs(n, 0, 0).sum() == 2 * (n // 2)  # p = 1 keeps every pair
+
+
+def test_pairs_keep_probability() -> None:
+    # mean degree = p * 2 * (n // 2) / n
+    assert tp.mean_degree(tp.graph_process("pairs", 10, 0, p=0.3), 10, 2000) == pytest.approx(
+        0.3, abs=0.03
+    )
+
+
+def test_er_mean_degree() -> None:
+    assert tp.mean_degree(tp.graph_process("er", 10, 0, p=0.2), 10, 1000) == pytest.approx(
+        0.2 * 9, abs=0.1
+    )
+
+
+@pytest.mark.parametrize("kind", ["er", "pairs"])
+def test_graphs_are_pure_functions_of_seed_and_round(kind: str) -> None:
+    graph = tp.GRAPHS[kind]
+    a = graph(N, 5, 17, 0.5)
+    np.random.seed(123)  # global state must not matter
+    np.testing.assert_array_equal(a, graph(N, 5, 17, 0.5))
+    np.testing.assert_array_equal(a, tp.graph_process(kind, N, 5, 0.5)(17))
+    assert not np.array_equal(a, graph(N, 5, 18, 0.5))
+    seq = [graph(N, 5, t, 0.5) for t in range(5)]
+    other = [graph(N, 6, t, 0.5) for t in range(5)]
+    assert not all(np.array_equal(x, y) for x, y in zip(seq, other, strict=True))
+
+
+# --- Metropolis-Hastings weights ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind,p", [("er", 0.3), ("er", 0.05), ("pairs", 0.7), ("ring", 0.5)])
+def test_mh_weights_are_symmetric_doubly_stochastic_nonnegative(kind: str, p: float) -> None:
+    mixing = tp.mixing_process(kind, N, 1, p)
+    for t in range(20):
+        w = mixing(t)
+        assert w.dtype == np.float64
+        np.testing.assert_allclose(w, w.T)
+        np.testing.assert_allclose(w.sum(axis=0), 1.0)
+        np.testing.assert_allclose(w.sum(axis=1), 1.0)
+        assert (w >= 0).all()
+
+
+def test_mh_weights_values() -> None:
+    adj = np.zeros((4, 4), dtype=bool)  # star 0-1, 0-2 plus isolated 3
+    adj[0, 1] = adj[1, 0] = adj[0, 2] = adj[2, 0] = True
+    w = tp.metropolis_hastings(adj)
+    assert w[0, 1] == pytest.approx(1 / 3) and w[1, 1] == pytest.approx(2 / 3)
+    assert w[0, 0] == pytest.approx(1 / 3)
+
+
+def test_isolated_clients_keep_their_params() -> None:
+    adj = np.zeros((5, 5), dtype=bool)
+    adj[0, 1] = adj[1, 0] = True
+    w = tp.metropolis_hastings(adj)
+    x = np.arange(5 * 3, dtype=float).reshape(5, 3)  # (n, d): one parameter row per client
+    mixed = w @ x
+    np.testing.assert_array_equal(mixed[2:], x[2:])
+    np.testing.assert_allclose(mixed[0], (x[0] + x[1]) / 2)
+    np.testing.assert_array_equal(tp.metropolis_hastings(np.zeros((3, 3), bool)), np.eye(3))
+
+
+def test_mh_rejects_invalid_adjacency() -> None:
+    with pytest.raises(ValueError, match="symmetric"):
+        tp.metropolis_hastings(np.triu(np.ones((3, 3), bool), 1))
+    with pytest.raises(ValueError, match="square"):
+        tp.metropolis_hastings(np.zeros((2, 3), bool))
+
+
+def test_uniform_weights() -> None:
+    np.testing.assert_allclose(tp.uniform_weights(4), np.full((4, 4), 0.25))
+
+
+# --- switching interval and stats --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "rho,c,expected",
+    [
+        (0.0, 1.0, 1),
+        (0.75, 1.0, 2),
+        (0.96, 1.0, 5),
+        (0.99, 1.0, 10),
+        (0.91, 3.0, 10),
+        (0.5, 0.1, 1),
+    ],
+)
+def test_switch_interval(rho: float, c: float, expected: int) -> None:
+    assert tp.switch_interval(rho, c) == expected
+
+
+def test_switch_interval_grows_as_connectivity_weakens() -> None:
+    rhos = [0.15, 0.43, 0.64, 0.79, 0.91, 0.95]
+    intervals = [tp.switch_interval(rho, 2.0) for rho in rhos]
+    assert intervals == sorted(intervals) and intervals[-1] > intervals[0]
+
+
+@pytest.mark.parametrize("rho", [1.0, 1.2])
+def test_switch_interval_rejects_never_mixing(rho: float) -> None:
+    with pytest.raises(ValueError, match="never mixes"):
+        tp.switch_interval(rho, 1.0)
+
+
+def test_switch_interval_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="c > 0"):
+        tp.switch_interval(0.5, 0.0)
+
+
+def test_topology_stats() -> None:
+    stats = tp.topology_stats("ring", N, 0, c=2.0, samples=5)
+    assert stats.rho == pytest.approx(0.7618, abs=1e-3)
+    assert stats.spectral_gap == pytest.approx(1 - stats.rho)
+    assert stats.mean_degree == 2.0
+    assert stats.auto_interval == tp.switch_interval(stats.rho, 2.0) == 4
+    assert tp.DEFAULT_C == 1.0
+
+
+# --- argument validation -----------------------------------------------------------------------
+
+
+def test_unknown_graph_lists_valid_names() -> None:
+    with pytest.raises(ValueError, match=r"unknown graph 'torus'.*'complete', 'er', 'file'"):
+        tp.graph_process("torus", N, 0)
+
+
+@pytest.mark.parametrize("p", [0.0, -0.1, 1.5])
+@pytest.mark.parametrize("kind", ["er", "pairs"])
+def test_bad_probability(kind: str, p: float) -> None:
+    with pytest.raises(ValueError, match=r"p must be in \(0, 1\]"):
+        tp.graph_process(kind, N, 0, p=p)
+
+
+def test_probability_ignored_by_static_graphs() -> None:
+    assert tp.graph_process("ring", N, 0, p=0.0)(0).sum() == 2 * N
+
+
+@pytest.mark.parametrize("n", [0, -3, 2.5])
+def test_bad_n(n: int) -> None:
+    with pytest.raises(ValueError, match="n must be an integer >= 1"):
+        tp.graph_process("er", n, 0)
+
+
+def test_bad_seed() -> None:
+    with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+        tp.graph_process("er", N, -1)
+
+
+# --- graph files -------------------------------------------------------------------------------
+
+
+def _write(tmp_path: Path, name: str, text: str) -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def _edges(adj: np.ndarray) -> list[tuple[int, int]]:
+    return [(int(i), int(j)) for i, j in zip(*np.nonzero(np.triu(adj)), strict=True)]
+
+
+def test_file_json(tmp_path: Path) -> None:
+    path = _write(tmp_path, "g.json", json.dumps({"n": 4, "edges": [[0, 1], [1, 2]]}))
+    adj = tp.from_file(path)
+    assert _is_adjacency(adj, 4) and _edges(adj) == [(0, 1), (1, 2)]
+
+
+def test_file_edge_list_with_comments_and_duplicates(tmp_path: Path) -> None:
+    text = "# a path\n\n0 1  # first\n1 2\n2 1\n0 1\n"
+    adj = tp.from_file(_write(tmp_path, "g.txt", text))
+    assert _is_adjacency(adj, 3) and _edges(adj) == [(0, 1), (1, 2)]
+
+
+def test_file_edge_list_with_n_line(tmp_path: Path) -> None:
+    adj = tp.from_file(_write(tmp_path, "g.txt", "# header\nn 6\n0 1\n"))
+    assert adj.shape == (6, 6) and _edges(adj) == [(0, 1)]
+
+
+def test_file_graph_process_is_static(tmp_path: Path) -> None:
+    path = _write(tmp_path, "g.txt", "0 1\n1 2\n2 3\n3 0\n")
+    mixing = tp.mixing_process("file", 4, 0, path=path)
+    np.testing.assert_array_equal(mixing(0), mixing(99))
+    assert tp.contraction(mixing, 4, samples=2) == pytest.approx(1 / 9)  # 4-cycle: (1/3)^2
+
+
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("0 1\n2 2\n", r"line 2: self-loop 2-2"),
+        ("n 3\n0 1\n1 3\n", r"line 3: edge 1-3 is out of range; with n = 3 .* 0\.\.2"),
+        ("0 1\n-1 2\n", r"line 2: edge -1-2 is out of range"),
+        ("0 1\n1 2 3\n", r"line 2: cannot parse '1 2 3'; expected 'i j'"),
+        ("0 1\nzero one\n", r"line 2: cannot parse"),
+        ("0 1\n--1 2\n", r"line 2: cannot parse"),
+        ("0 1\nn 4\n", r"line 2: the 'n <count>' line must be the first line"),
+        ("# nothing\n", r"no edges and no n given"),
+        ('{"n": 3, "edges": [[0, 1], [1]]}', r"edges\[1\]: expected \[i, j\] integers"),
+        ('{"n": 3, "edges": [[0, 3]]}', r"edges\[0\]: edge 0-3 is out of range"),
+        ('{"n": 3, "edge": [[0, 1]]}', r"expected \{\"n\": <int>"),
+        ('{"n": "3", "edges": []}', r'"n" must be an integer'),
+        ('{"n": 3, "edges": [[0, 1]', r"invalid JSON at line 1"),
+    ],
+)
+def test_file_errors_name_file_and_line(tmp_path: Path, text: str, match: str) -> None:
+    path = _write(tmp_path, "bad.txt", text)
+    with pytest.raises(ValueError, match=match) as err:
+        tp.from_file(path)
+    assert path in str(err.value)
+
+
+def test_file_size_must_match_clients(tmp_path: Path) -> None:
+    path = _write(tmp_path, "g.txt", "n 8\n0 1\n")
+    with pytest.raises(
+        ValueError, match=re.escape(f"graph file {path} has 8 nodes but clients.n = 10")
+    ):
+        tp.graph_process("file", 10, 0, path=path)
+
+
+def test_file_missing_or_not_given(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="does not exist"):
+        tp.graph_process("file", 4, 0, path=str(tmp_path / "nope.txt"))
+    with pytest.raises(ValueError, match="needs a path"):
+        tp.graph_process("file", 4, 0)
