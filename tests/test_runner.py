@@ -82,7 +82,6 @@ def test_cli_run_prints_table_and_errors_cleanly(tiny_model_dir, tmp_path, capsy
 def test_cli_export_loads_in_peft(tiny_model_dir, tmp_path, capsys):
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForSequenceClassification
 
     from tadlora import lora
 
