@@ -56,7 +56,7 @@ def load_model(cfg: Config, num_labels: int) -> tuple[nn.Module, object]:
     torch.manual_seed(cfg.run.seed)  # the random classifier head: identical on every client/peer
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=num_labels, **extra)
+            path, num_labels=num_labels, dtype=torch.float32, **extra)
         tokenizer = AutoTokenizer.from_pretrained(path)
     except OSError as e:
         raise ConfigError(f"cannot load model.path={cfg.model.path!r} ({e}); use a local "
@@ -64,9 +64,10 @@ def load_model(cfg: Config, num_labels: int) -> tuple[nn.Module, object]:
     return model, tokenizer
 
 
-def stack_adapters(model: nn.Module, cfg: Config) -> nn.Module:
+def stack_adapters(model: nn.Module, cfg: Config, n: int | None = None) -> nn.Module:
+    """Stacked adapters for all clients, or for `n` of them (a distributed peer's slice)."""
     m = cfg.model
-    return lora.inject(model, cfg.clients.n, list(m.target_modules), m.lora_r, m.lora_alpha,
+    return lora.inject(model, n or cfg.clients.n, list(m.target_modules), m.lora_r, m.lora_alpha,
                        m.lora_dropout, cfg.run.seed, list(m.head_modules), m.head == "trained")
 
 
@@ -135,25 +136,29 @@ class Experiment:
     rho: float | None
 
 
-def build(cfg: Config) -> Experiment:
+def build(cfg: Config, clients: range | None = None) -> Experiment:
+    """`clients`: build only these (a distributed peer's slice): their stacked adapters and
+    their training examples, batches drawn with global client ids. Default: every client."""
+    clients = clients or range(cfg.clients.n)
     train_set, val_set = load_data(cfg)
     parts = client_parts(cfg, train_set.labels)
     model, tok = load_model(cfg, len(train_set.label_names))
     dev = device(cfg)
-    model = stack_adapters(model, cfg).to(dev)
-    enc = data.encode(train_set, tok, cfg.data.max_length)
+    model = stack_adapters(model, cfg, len(clients)).to(dev)
+    mine = np.unique(np.concatenate([parts[c] for c in clients]))  # sorted train-set indices
+    enc = data.encode(subset(train_set, mine), tok, cfg.data.max_length)
     pad_id = tok.pad_token_id or 0
     t = cfg.train
 
-    def make_batch(rnd: int, k: int, clients: slice) -> dict[str, torch.Tensor]:
+    def make_batch(rnd: int, k: int, group: slice) -> dict[str, torch.Tensor]:
         step = rnd * t.local_steps + k
         idx = np.concatenate([data.batch_indices(parts[c], t.batch_size, cfg.run.seed, c, step)
-                              for c in range(clients.start, clients.stop)])
-        return data.collate(enc, idx, pad_id)
+                              for c in clients[group]])
+        return data.collate(enc, np.searchsorted(mine, idx), pad_id)
 
     pol, rho = policy(cfg)
     fed = Federation(model, train.make_optimizer(model, t.lr, t.weight_decay), pol, mixing(cfg),
-                     make_batch, cfg.clients.n, cfg.run.seed, t.local_steps, t.clip_norm,
+                     make_batch, len(clients), cfg.run.seed, t.local_steps, t.clip_norm,
                      t.precision, dev, t.clients_per_forward, t.optimizer_state)
     return Experiment(cfg, fed, data.encode(val_set, tok, cfg.data.max_length), pad_id,
                       data.label_counts(train_set.labels, parts), train_set.label_names, rho)
@@ -260,16 +265,8 @@ def run(cfg: Config) -> tuple[Path, dict]:
 def resume(directory: str | Path, overrides: list[str] = ()) -> tuple[Path, dict]:
     """Continue an interrupted run from its last checkpoint (run.* keys may be changed, e.g.
     run.rounds to extend it); ends with the same metrics as an uninterrupted run."""
-    from .config import load, parse_overrides
-
     directory = Path(directory)
-    if not (directory / CONFIG).is_file():
-        raise ConfigError(f"{directory} is not a run directory (no {CONFIG})")
-    changed = {f"{s}.{k}" for s, kv in parse_overrides(list(overrides)).items() for k in kv}
-    if any(not k.startswith("run.") or k[4:] not in RESUMABLE_KEYS for k in changed):
-        raise ConfigError(f"on --resume only run.{{{', '.join(sorted(RESUMABLE_KEYS))}}} may "
-                          f"change; got {sorted(changed)}")
-    cfg = load(directory / CONFIG, overrides)
+    cfg = resumable_config(directory, overrides)
     exp = build(cfg)
     meta = checkpoint.load(directory / CKPT, exp.fed.model, exp.fed.optimizer)
     if meta["switch_interval"] != exp.fed.policy.interval:
@@ -282,3 +279,16 @@ def resume(directory: str | Path, overrides: list[str] = ()) -> tuple[Path, dict
     (directory / CONFIG).write_text(to_toml(cfg))
     _truncate_metrics(directory, meta["round"])
     return directory, execute(exp, directory, meta["round"])
+
+
+def resumable_config(directory: Path, overrides: list[str] = ()) -> Config:
+    """The config of the run in `directory`, with the run.* overrides a resume may make."""
+    from .config import load, parse_overrides
+
+    if not (directory / CONFIG).is_file():
+        raise ConfigError(f"{directory} is not a run directory (no {CONFIG})")
+    changed = {f"{s}.{k}" for s, kv in parse_overrides(list(overrides)).items() for k in kv}
+    if any(not k.startswith("run.") or k[4:] not in RESUMABLE_KEYS for k in changed):
+        raise ConfigError(f"on --resume only run.{{{', '.join(sorted(RESUMABLE_KEYS))}}} may "
+                          f"change; got {sorted(changed)}")
+    return load(directory / CONFIG, overrides)
