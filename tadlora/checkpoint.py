@@ -35,13 +35,19 @@ def _optimizer_tensors(model: nn.Module, opt: torch.optim.Optimizer) -> dict[str
 def save(directory: str | Path, model: nn.Module, opt: torch.optim.Optimizer,
          meta: dict) -> Path:
     """Write the checkpoint for the rounds finished so far (meta["round"] = next round)."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in lora.state(model).items()}
+    return save_tensors(directory, tensors, _optimizer_tensors(model, opt), meta)
+
+
+def save_tensors(directory: str | Path, tensors: dict[str, torch.Tensor],
+                 opt_tensors: dict[str, torch.Tensor], meta: dict) -> Path:
+    """`save` for tensors already in checkpoint form (as `state` and the optimizer give them)."""
     final = Path(directory)
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in lora.state(model).items()}
     save_file(tensors, str(tmp / ADAPTERS))
-    save_file(_optimizer_tensors(model, opt), str(tmp / OPTIMIZER))
+    save_file(opt_tensors, str(tmp / OPTIMIZER))
     (tmp / META).write_text(json.dumps(meta, indent=1))
     old = final.with_name(final.name + ".old")
     if final.exists():
@@ -68,17 +74,23 @@ def _read(directory: Path) -> tuple[dict, dict[str, torch.Tensor], dict[str, tor
 def load(directory: str | Path, model: nn.Module, opt: torch.optim.Optimizer) -> dict:
     """Restore the per-client tensors and AdamW state in place; returns the saved meta."""
     meta, tensors, opt_tensors = _read(Path(directory))
+    restore(model, opt, tensors, opt_tensors, str(directory))
+    return meta
+
+
+def restore(model: nn.Module, opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
+            opt_tensors: dict[str, torch.Tensor], where: str) -> None:
+    """Put checkpoint-form tensors back into the model and the optimizer, in place."""
     try:
         lora.load_state(model, tensors)
     except ValueError as e:
-        raise CheckpointError(f"checkpoint in {directory} does not fit this model: {e}") from e
+        raise CheckpointError(f"checkpoint in {where} does not fit this model: {e}") from e
     params = lora.state(model)
     opt.state.clear()
     for key, value in opt_tensors.items():
         name, _, field = key.partition("::")
         if name not in params:
-            raise CheckpointError(f"optimizer state for unknown tensor {name} in {directory}")
+            raise CheckpointError(f"optimizer state for unknown tensor {name} in {where}")
         # AdamW keeps its step count on the CPU (non-capturable mode)
         device = "cpu" if field == "step" else params[name].device
         opt.state[params[name]][field] = value.to(device)
-    return meta

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -49,6 +50,44 @@ def cmd_run(ns: argparse.Namespace) -> None:
         directory, summary = runner.run(_config(ns.args))
     print(results_table(summary))
     print(f"run directory: {directory}")
+
+
+def _peer_config(ns: argparse.Namespace) -> Config:
+    from . import runner
+
+    if not ns.resume:
+        return _config(ns.args)
+    if ns.args and "=" not in ns.args[0]:
+        raise ConfigError("with --resume the config comes from the run directory; "
+                          "pass only run.* overrides")
+    return runner.resumable_config(Path(ns.resume), ns.args)
+
+
+def cmd_launch(ns: argparse.Namespace) -> int:
+    from .exchange import client_slices
+    from .launch import launch
+
+    cfg = _peer_config(ns)
+    client_slices(cfg.clients.n, ns.peers)  # fails early when there are too few clients
+    out = launch(ns.peers, ns.args, cfg, Path(ns.resume) if ns.resume else None)
+    for problem in out.problems:
+        print(f"tadlora launch: {problem}", file=sys.stderr)
+    if out.code:
+        where = out.directory or "RUN_DIR"
+        print(f"tadlora launch: the peers stopped; every finished round is in the checkpoint: "
+              f"continue with `tadlora launch --peers {ns.peers} --resume {where}`",
+              file=sys.stderr)
+        return out.code
+    summary = json.loads((out.directory / "summary.json").read_text())
+    print(results_table(summary))
+    print(f"run directory: {out.directory}")
+    return 0
+
+
+def cmd_peer(ns: argparse.Namespace) -> int:
+    from . import peer
+
+    return peer.main(_peer_config(ns), Path(ns.resume) if ns.resume else None)
 
 
 def cmd_topology(ns: argparse.Namespace) -> None:
@@ -99,6 +138,17 @@ def parser() -> argparse.ArgumentParser:
                        usage=f"tadlora topology {over}")
     t.add_argument("args", nargs="*", help=argparse.SUPPRESS)
     t.set_defaults(func=cmd_topology)
+    la = sub.add_parser("launch", help="train with N local peer processes (torch.distributed)",
+                        usage=f"tadlora launch --peers N {over} | --peers N --resume RUN_DIR")
+    la.add_argument("--peers", type=int, required=True, help="number of peer processes")
+    la.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped distributed run")
+    la.add_argument("args", nargs="*", help=argparse.SUPPRESS)
+    la.set_defaults(func=cmd_launch)
+    pe = sub.add_parser("peer", help="one peer process (under torchrun or tadlora launch)",
+                        usage=f"torchrun ... -m tadlora.cli peer {over}")
+    pe.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped distributed run")
+    pe.add_argument("args", nargs="*", help=argparse.SUPPRESS)
+    pe.set_defaults(func=cmd_peer)
     e = sub.add_parser("export", help="write one client's adapter in peft's format")
     e.add_argument("run_dir")
     e.add_argument("--client", type=int, required=True)
@@ -110,7 +160,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     ns = parser().parse_args(argv)
     try:
-        ns.func(ns)
+        code = ns.func(ns)
     except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as e:
         print(f"tadlora: error: {e}", file=sys.stderr)
         return 2
@@ -118,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         print("tadlora: interrupted; the last checkpoint is kept (resume with "
               "`tadlora run --resume RUN_DIR`)", file=sys.stderr)
         return 130
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

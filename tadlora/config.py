@@ -86,6 +86,17 @@ class Train:
 
 
 @dataclass(frozen=True)
+class Distributed:
+    """Real peers on torch.distributed (`tadlora launch` / `tadlora peer`); unused by `run`."""
+
+    mode: str = "all_gather"  # all_gather | p2p (neighbour-only send/recv)
+    backend: str = "auto"  # auto = nccl when train.device is cuda, else gloo
+    timeout_s: float = 300.0  # a peer silent this long (no heartbeat, stuck transfer) is lost
+    on_peer_loss: str = "stop"  # survivors keep the last checkpoint and exit non-zero
+    diagnostics: bool = True  # send rank 0 what consensus / cross-term error need (else null)
+
+
+@dataclass(frozen=True)
 class Config:
     run: Run = field(default_factory=Run)
     clients: Clients = field(default_factory=Clients)
@@ -94,6 +105,7 @@ class Config:
     topology: Topology = field(default_factory=Topology)
     method: Method = field(default_factory=Method)
     train: Train = field(default_factory=Train)
+    distributed: Distributed = field(default_factory=Distributed)
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -104,9 +116,13 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "method.name": ("lora", "ffa", "rolora", "adf", "tad", "local", "fedavg"),
     "train.optimizer_state": ("keep", "reset_phase", "reset_round"),
     "train.precision": ("fp32", "bf16"),
+    "distributed.mode": ("all_gather", "p2p"),
+    "distributed.backend": ("auto", "gloo", "nccl"),
+    "distributed.on_peer_loss": ("stop",),
 }
 POSITIVE = {"run.rounds", "clients.n", "model.lora_r", "data.max_length", "train.local_steps",
-            "train.batch_size", "topology.rho_samples", "run.checkpoint_every"}
+            "train.batch_size", "topology.rho_samples", "run.checkpoint_every",
+            "distributed.timeout_s"}
 NON_NEGATIVE = {"run.eval_every", "model.num_layers", "data.examples_per_client",
                 "data.val_size", "train.clip_norm", "train.weight_decay",
                 "train.clients_per_forward", "data.alpha", "method.c", "train.lr"}

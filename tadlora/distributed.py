@@ -1,0 +1,313 @@
+"""The distributed engine: one process per peer, each owning a contiguous slice of the clients.
+
+A round on a peer: the simulator's own `prepare_round` and `local_training` on its clients, then
+W(t) from (seed, round) as every peer computes it (no coordinator), a barrier, an exchange of
+exactly the tensors the method mixes this round (all_gather, or neighbour-only send/recv), and
+the mixing of its own clients' rows. Rank 0 receives small per-round reports (losses, bytes,
+times) and, when diagnostics are on, the factors it lacks for consensus distance and cross-term
+error, and returns the same record as simulate.run_round; other ranks return None.
+
+Rows that fail the checks (shape, dtype, finiteness) are left out of the round's mixing: their
+column of W(t) is zeroed and every row renormalised to sum to 1 over the rest; a client left
+with no weight at all keeps its own factors. The peer that left them out logs a warning.
+
+Dropout: the simulator draws one dropout stream per forward group, so a peer (with fewer
+clients per forward) cannot reproduce its masks. A peer seeds dropout from (seed, round, its
+first client): reproducible for a given peer layout, identical to the simulator for one peer,
+and exact parity with the simulator holds for dropout-free training (see tests).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from . import evaluate, exchange, gossip, lora, simulate
+from .exchange import Received, Stamp
+from .liveness import Liveness
+from .methods import phase_name
+
+log = logging.getLogger("tadlora.distributed")
+FAULT_ENV = "TADLORA_FAULT"  # test hook, "kind:rank:round,...": nan, shape, kill, hang
+Exchange = Callable[..., Received]
+EXCHANGES: dict[str, tuple[Exchange, bool]] = {  # mode -> (exchange, rank 0 gets every row)
+    "all_gather": (exchange.all_gather_rows, True),
+    "p2p": (exchange.p2p_rows, False),
+}
+
+
+@dataclass
+class Net:
+    """This peer's place among the peers."""
+
+    rank: int
+    slices: list[range]  # every rank's clients
+    live: Liveness
+    mode: str = "all_gather"
+    diagnostics: bool = True
+
+    @property
+    def world(self) -> int:
+        return len(self.slices)
+
+    @property
+    def clients(self) -> range:
+        return self.slices[self.rank]
+
+    @property
+    def n(self) -> int:
+        return self.slices[-1].stop
+
+    def cap(self, width: int) -> int:
+        """Most values any payload may announce (a guard against absurd headers)."""
+        return 4 * max(len(s) for s in self.slices) * max(width, 1) + 4096
+
+    def gather(self, rows: torch.Tensor, t: int, per_client: bool = True
+               ) -> tuple[torch.Tensor | None, dict[int, str]]:
+        """Rows of every rank to rank 0 (per_client: one row per client, else one per rank)."""
+        counts = [len(s) if per_client else 1 for s in self.slices]
+        stamp = Stamp(t, self.rank, counts[self.rank], rows.shape[1], rows.dtype, 0)
+        cap = self.cap(rows.shape[1])
+        return self.live.guard(
+            lambda: exchange.gather_to_first(counts, self.rank, rows, stamp, cap))
+
+
+def dropout_seed(seed: int, t: int, first_client: int) -> int:
+    """The simulator's per-round dropout seed when first_client is 0."""
+    return seed * 1_000_003 + t + 7_919 * first_client
+
+
+def _fault(kind: str, rank: int, t: int) -> bool:
+    return f"{kind}:{rank}:{t}" in os.environ.get(FAULT_ENV, "").split(",")
+
+
+def _wire(buf: torch.Tensor, rank: int, t: int) -> torch.Tensor:
+    """What goes on the wire: the rows themselves, or a corrupted copy under fault injection."""
+    if _fault("nan", rank, t):
+        bad = buf.clone()
+        bad[0, 0] = float("nan")
+        return bad
+    if _fault("shape", rank, t):
+        return torch.cat([buf, buf[:, :1]], dim=1)
+    return buf
+
+
+def _maybe_die(rank: int, t: int) -> None:
+    if _fault("kill", rank, t):
+        os.kill(os.getpid(), signal.SIGKILL)
+    if _fault("hang", rank, t):
+        os.kill(os.getpid(), signal.SIGSTOP)
+
+
+def renormalised(w: np.ndarray, excluded: set[int] | dict[int, str]) -> np.ndarray:
+    """W with the columns of `excluded` zeroed and each row rescaled to sum to 1 (a row with no
+    weight left stays zero: its client keeps its own value)."""
+    if not excluded:
+        return w
+    w = w.copy()
+    w[:, sorted(excluded)] = 0.0
+    s = w.sum(axis=1, keepdims=True)
+    return np.divide(w, s, out=np.zeros_like(w), where=s > 0)
+
+
+def mix_rows(w: np.ndarray, targets: range, rows: torch.Tensor, clients: list[int],
+             excluded: set[int] | dict[int, str]) -> torch.Tensor:
+    """New rows of `targets`: sum_j W[i, j] x_j over the rows held (`clients`, which must
+    include every j with W[i, j] != 0), leaving `excluded` out as documented above."""
+    w = renormalised(w, excluded)
+    keep = [k for k, c in enumerate(clients) if c not in excluded]
+    keep.sort(key=lambda k: clients[k])  # sum in client order, as the simulator does
+    block = w[targets.start:targets.stop][:, [clients[k] for k in keep]]
+    out = torch.as_tensor(block, device=rows.device).to(rows.dtype) @ rows[keep]
+    empty = np.flatnonzero(w[targets.start:targets.stop].sum(axis=1) == 0)
+    if len(empty):
+        where = {c: k for k, c in enumerate(clients)}
+        out[empty] = rows[[where[targets.start + int(i)] for i in empty]]
+    return out
+
+
+def _mixed(fac: dict, kinds: frozenset[str]) -> list[tuple[str, str]]:
+    """(kind, layer) of every mixed tensor, in the same order on every peer (sorted kinds: a
+    frozenset's order differs between processes)."""
+    return [(k, name) for k in sorted(kinds) for name in fac[k]]
+
+
+def run_round(fed: simulate.Federation, net: Net, t: int) -> dict | None:
+    """One round on this peer; rank 0 returns the round's record, the others None."""
+    simulate.prepare_round(fed, t)
+    torch.manual_seed(dropout_seed(fed.seed, t, net.clients.start))
+    t0 = time.perf_counter()
+    losses = simulate.local_training(fed, t)
+    compute = time.perf_counter() - t0
+    _maybe_die(net.rank, t)
+    kinds = simulate.mixed_kinds(fed.policy, t)
+    w = fed.policy.weights(fed.mixing(t)) if kinds else np.eye(net.n)
+    fac = lora.factors(fed.model)
+    wait = net.live.guard(lambda: net.live.barrier(f"x{t}"))
+    t1 = time.perf_counter()
+    got = _exchange(fed, net, t, kinds, w, fac)
+    pre = _diagnostic_rows(net, fac, kinds)
+    _apply(net, fac, kinds, w, got)
+    transfer = time.perf_counter() - t1
+    times = [compute, wait, transfer]
+    return _report(fed, net, t, losses, times, got, pre, kinds, w)
+
+
+def _exchange(fed: simulate.Federation, net: Net, t: int, kinds: frozenset[str],
+              w: np.ndarray, fac: dict) -> Received:
+    if not kinds:
+        return Received(torch.zeros(len(net.clients), 0), list(net.clients))
+    own = exchange.pack([fac[k][name] for k, name in _mixed(fac, kinds)])  # (n_local, width)
+    wire = _wire(own, net.rank, t)
+    stamp = Stamp(t, net.rank, wire.shape[0], wire.shape[1], own.dtype,
+                  exchange.kinds_mask(kinds))
+    fn, _ = EXCHANGES[net.mode]
+    got = net.live.guard(
+        lambda: fn(net.slices, net.rank, own, wire, stamp, w, net.cap(own.shape[1])))
+    for c, why in sorted(got.excluded.items()):
+        log.warning("round %d: client %d left out of the mixing: %s", t, c, why)
+    return got
+
+
+def _apply(net: Net, fac: dict, kinds: frozenset[str], w: np.ndarray, got: Received) -> None:
+    """Overwrite this peer's clients' mixed tensors with their mixed rows."""
+    if not kinds:
+        return
+    params = [fac[k][name] for k, name in _mixed(fac, kinds)]
+    new = mix_rows(w, net.clients, got.rows, got.clients, got.excluded)
+    with torch.no_grad():
+        for p, x in zip(params, exchange.unpack(new, params), strict=True):
+            p.copy_(x)
+
+
+def _diagnostic_rows(net: Net, fac: dict, kinds: frozenset[str]) -> torch.Tensor | None:
+    """Before mixing: this peer's factors that rank 0 does not get from the exchange."""
+    if not net.diagnostics:
+        return None
+    need = [k for k in ("A", "B") if not (k in kinds and EXCHANGES[net.mode][1])]
+    tensors = [fac[k][name] for k in need for name in fac[k]]
+    return exchange.pack(tensors) if tensors else None
+
+
+def _report(fed: simulate.Federation, net: Net, t: int, losses: np.ndarray,
+            times: list[float], got: Received, pre: torch.Tensor | None,
+            kinds: frozenset[str], w: np.ndarray) -> dict | None:
+    """Per-peer numbers to rank 0 (one float64 row each), and rank 0's record."""
+    m = max(len(s) for s in net.slices)
+    row = np.full(5 + 2 * m + net.n, np.nan)
+    diag_bytes = 0 if pre is None or net.rank == 0 else (
+        exchange.HEADER_BYTES + pre.numel() * pre.element_size())
+    row[:5] = [*times, got.sent, diag_bytes]
+    row[5:5 + len(losses)] = losses
+    row[5 + m:5 + m + len(losses)] = [got.client_sent.get(c, 0) for c in net.clients]
+    row[5 + 2 * m:] = [c in got.excluded for c in range(net.n)]
+    rows, _ = net.gather(torch.as_tensor(row)[None], t, per_client=False)
+    full = None if pre is None else net.gather(pre, t)[0]
+    if net.rank != 0:
+        return None
+    r = rows.numpy()
+    sizes = [len(s) for s in net.slices]
+    client_loss = np.concatenate([r[k, 5:5 + sizes[k]] for k in range(net.world)])
+    record = {"round": t, "phase": phase_name(fed.policy, t),
+              "switch_interval": fed.policy.interval, "train_loss": float(client_loss.mean()),
+              "client_loss": client_loss.round(5).tolist()}
+    record.update(_diagnostics(net, fed, kinds, w, got, full))
+    record["bytes_sent"] = [int(x) for k in range(net.world)
+                            for x in r[k, 5 + m:5 + m + sizes[k]]]
+    record.update(peers=net.world, mode=net.mode, peer_bytes_sent=r[:, 3].astype(int).tolist(),
+                  diagnostic_bytes=r[:, 4].astype(int).tolist(),
+                  compute_s=r[:, 0].round(4).tolist(), wait_s=r[:, 1].round(4).tolist(),
+                  transfer_s=r[:, 2].round(4).tolist())
+    left_out = {c: [k for k in range(net.world) if r[k, 5 + 2 * m + c] == 1]
+                for c in range(net.n)}
+    if any(left_out.values()):
+        record["excluded"] = {str(c): ks for c, ks in left_out.items() if ks}
+    return record
+
+
+def _diagnostics(net: Net, fed: simulate.Federation, kinds: frozenset[str], w: np.ndarray,
+                 got: Received, gathered: torch.Tensor | None) -> dict:
+    """Consensus distances and cross-term error from every client's factors (rank 0), as
+    simulate.mix_and_measure computes them; None where they cannot be had."""
+    out = dict.fromkeys(("consensus_A", "consensus_B", "cross_term_error"))
+    if not net.diagnostics:
+        return out
+    fac = lora.factors(fed.model)
+    need = [k for k in ("A", "B") if not (k in kinds and EXCHANGES[net.mode][1])]
+    pre: dict[str, dict[str, torch.Tensor]] = {k: {} for k in ("A", "B")}
+    sources = [(gathered, [(k, name) for k in need for name in fac[k]])]
+    if len(need) < 2:  # the rest came with the exchange (all_gather: every client's rows)
+        sources.append((got.rows, _mixed(fac, kinds)))
+    for rows, keys in sources:
+        if rows is None or not keys:
+            continue
+        views = exchange.unpack(rows, [fac[k][name] for k, name in keys])
+        for (k, name), x in zip(keys, views, strict=True):
+            if k in pre:
+                pre[k][name] = x
+    bad = set(got.excluded)
+    for x in (x for ps in pre.values() for x in ps.values()):
+        bad |= set(np.flatnonzero(~torch.isfinite(x.reshape(net.n, -1)).all(1).numpy()))
+    post = {k: {name: _mix_all(w, x, bad) if k in kinds else x for name, x in ps.items()}
+            for k, ps in pre.items()}
+    wu = torch.as_tensor(renormalised(w, bad))
+    values = {"consensus_A": gossip.consensus_distance(post["A"]),
+              "consensus_B": gossip.consensus_distance(post["B"]),
+              "cross_term_error": gossip.cross_term_error(pre["A"], pre["B"], post["A"],
+                                                          post["B"], wu)}
+    return {k: (v if np.isfinite(v) else None) for k, v in values.items()}
+
+
+def _mix_all(w: np.ndarray, x: torch.Tensor, excluded: set[int]) -> torch.Tensor:
+    n = x.shape[0]
+    return mix_rows(w, range(n), x.reshape(n, -1), list(range(n)), excluded).view_as(x)
+
+
+# ------------------------------------------------------------------ evaluation
+
+
+@contextmanager
+def _in_slot(model: torch.nn.Module, values: dict[str, torch.Tensor]):
+    """Temporarily put `values` (one client's tensors) into client slot 0."""
+    tensors = lora.state(model)
+    saved = {k: tensors[k][0].detach().clone() for k in values}
+    with torch.no_grad():
+        for k, v in values.items():
+            tensors[k][0] = v
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for k, v in saved.items():
+                tensors[k][0] = v
+
+
+def evaluation(fed: simulate.Federation, net: Net, t: int, val, pad_id: int,
+               batch_size: int) -> dict | None:
+    """Every client's own accuracy (each peer its own clients) and, on rank 0, the averaged
+    adapter's; rank 0 returns runner.evaluation's dict, the others None."""
+    acc = evaluate.accuracies(fed.model, val, pad_id, fed.n_clients, batch_size,
+                              fed.precision, fed.device, fed.per_forward)
+    state = lora.state(fed.model)
+    names = sorted(state)
+    net.live.guard(lambda: net.live.barrier(f"e{t}"))
+    accs, _ = net.gather(torch.as_tensor(acc, dtype=torch.float64)[:, None], t)
+    full, _ = net.gather(exchange.pack([state[k] for k in names]), t)
+    if net.rank != 0:
+        return None
+    every = exchange.unpack(full, [state[k] for k in names])
+    mean = {k: x.contiguous().mean(0) for k, x in zip(names, every, strict=True)}
+    with _in_slot(fed.model, mean):
+        avg = evaluate.accuracies(fed.model, val, pad_id, 1, batch_size, fed.precision,
+                                  fed.device)
+    a = accs[:, 0].numpy().astype(acc.dtype)  # float32, as the simulator reports it
+    return {"client_acc": a.round(5).tolist(), **evaluate.summarize(a),
+            "averaged_adapter_acc": float(avg[0])}
