@@ -94,6 +94,7 @@ class Distributed:
     timeout_s: float = 300.0  # a peer silent this long (no heartbeat, stuck transfer) is lost
     on_peer_loss: str = "stop"  # survivors keep the last checkpoint and exit non-zero
     diagnostics: bool = True  # send rank 0 what consensus / cross-term error need (else null)
+    keep_slices: bool = False  # keep every saved round's checkpoint slices (audits, parity)
 
 
 @dataclass(frozen=True)

@@ -98,6 +98,14 @@ def needed_rows(w: np.ndarray, src: range, dst: range) -> list[int]:
     return [src.start + j for j in np.flatnonzero(block.any(axis=0))]
 
 
+def least_bytes(w: np.ndarray, slices: list[range], row_bytes: int) -> list[int]:
+    """Per client, the fewest bytes any exchange can send for it: its row once to every other
+    rank holding a client that mixes it (what p2p mode sends, headers aside)."""
+    owner = np.repeat(np.arange(len(slices)), [len(s) for s in slices])
+    return [row_bytes * sum(k != owner[j] and bool((w[s.start:s.stop, j] != 0).any())
+                            for k, s in enumerate(slices)) for j in range(w.shape[0])]
+
+
 @dataclass
 class Received:
     """The rows a rank mixes with after an exchange, and what it cost."""

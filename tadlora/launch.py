@@ -50,24 +50,29 @@ def peer_env(rank: int, world: int, port: int) -> dict[str, str]:
 
 
 def _watch(procs: list[subprocess.Popen], store: dist.Store, timeout: float) -> list[str]:
-    """Wait for every peer; publish exits; kill what is left `timeout` after a failure."""
+    """Wait for every peer, publishing each exit at once. After a failure, peers still running
+    `timeout` later, or left alone for GRACE seconds, are frozen: they are killed."""
     codes: list[int | None] = [None] * len(procs)
-    failed_at, problems = None, []
+    failed_at = last_exit = None
+    problems: list[str] = []
     while any(c is None for c in codes):
         for k, p in enumerate(procs):
             if codes[k] is None and p.poll() is not None:
-                codes[k] = p.returncode
+                codes[k], last_exit = p.returncode, time.monotonic()
                 if p.returncode != 0:
                     store.set(f"exit/{k}", describe(p.returncode))
-                    failed_at = failed_at or time.monotonic()
-        if failed_at is not None and time.monotonic() - failed_at > timeout + GRACE:
-            for k, p in enumerate(procs):
-                if codes[k] is None:
-                    p.kill()
-                    codes[k] = p.wait()
-                    problems.append(f"rank {k} did not stop on its own (frozen?) and was killed")
+                    failed_at = failed_at or last_exit
+                    problems.append(f"rank {k} {describe(p.returncode)}")
+        running = [k for k, c in enumerate(codes) if c is None]
+        now = time.monotonic()
+        if failed_at is not None and running and (
+                now - failed_at > timeout + GRACE or (len(running) == 1
+                                                      and now - last_exit > GRACE)):
+            for k in running:
+                procs[k].kill()
+                codes[k] = procs[k].wait()
+                problems.append(f"rank {k} did not stop on its own (frozen?) and was killed")
         time.sleep(POLL)
-    problems += [f"rank {k} {describe(c)}" for k, c in enumerate(codes) if c not in (0, None)]
     return problems
 
 

@@ -7,7 +7,7 @@ The run directory is the one `tadlora run` writes, plus each peer's checkpoint s
                                  (what `tadlora export` and `tadlora run --resume` read)
   peers/rank-K/round-RRRRRR/     rank K's slice after each saved round; the last two are kept
                                  (peers can be one round apart when one dies) and removed once
-                                 the merged checkpoint exists
+                                 the merged checkpoint exists (distributed.keep_slices: all kept)
 A peer that loses another keeps its slices and exits with PEER_LOST; `tadlora launch --resume`
 then restarts from the newest round that every client's slice reached (any number of peers:
 a peer reads the rows it needs from whichever slices hold them).
@@ -53,7 +53,7 @@ def save_part(directory: Path, exp: runner.Experiment, net: Net, rnd: int) -> No
     checkpoint.save(part_dir(directory, net.rank, rnd), exp.fed.model, exp.fed.optimizer, meta)
     mine = sorted(p for p in part_dir(directory, net.rank, 0).parent.glob("round-*")
                   if p.name[6:].isdigit())
-    for old in mine[:-2]:
+    for old in mine[:-2] if not exp.cfg.distributed.keep_slices else []:
         shutil.rmtree(old, ignore_errors=True)
 
 
@@ -187,6 +187,8 @@ def _finish(exp: runner.Experiment, net: Net, directory: Path, t0: float) -> dic
         result = runner.summary(exp, runner.read_metrics(directory), time.time() - t0)
         (directory / runner.SUMMARY).write_text(json.dumps(result, indent=1))
     net.live.guard(lambda: net.live.barrier("merged"))
+    if exp.cfg.distributed.keep_slices:
+        return result
     shutil.rmtree(directory / "peers" / f"rank-{net.rank}", ignore_errors=True)
     net.live.guard(lambda: net.live.barrier("cleaned"))
     if net.rank == 0:
