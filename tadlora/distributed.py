@@ -53,6 +53,7 @@ class Net:
     live: Liveness
     mode: str = "all_gather"
     diagnostics: bool = True
+    device: torch.device = torch.device("cpu")  # where transfers happen (the GPU for nccl)
 
     @property
     def world(self) -> int:
@@ -75,9 +76,10 @@ class Net:
         """Rows of every rank to rank 0 (per_client: one row per client, else one per rank)."""
         counts = [len(s) if per_client else 1 for s in self.slices]
         stamp = Stamp(t, self.rank, counts[self.rank], rows.shape[1], rows.dtype, 0)
-        cap = self.cap(rows.shape[1])
-        return self.live.guard(
+        cap, rows = self.cap(rows.shape[1]), rows.to(self.device)
+        full, bad = self.live.guard(
             lambda: exchange.gather_to_first(counts, self.rank, rows, stamp, cap))
+        return (None if full is None else full.cpu()), bad
 
 
 def dropout_seed(seed: int, t: int, first_client: int) -> int:
@@ -165,7 +167,7 @@ def _exchange(fed: simulate.Federation, net: Net, t: int, kinds: frozenset[str],
               w: np.ndarray, fac: dict) -> Received:
     if not kinds:
         return Received(torch.zeros(len(net.clients), 0), list(net.clients))
-    own = exchange.pack([fac[k][name] for k, name in _mixed(fac, kinds)])  # (n_local, width)
+    own = exchange.pack([fac[k][name] for k, name in _mixed(fac, kinds)]).to(net.device)
     wire = _wire(own, net.rank, t)
     stamp = Stamp(t, net.rank, wire.shape[0], wire.shape[1], own.dtype,
                   exchange.kinds_mask(kinds))
@@ -245,7 +247,7 @@ def _diagnostics(net: Net, fed: simulate.Federation, kinds: frozenset[str], w: n
     pre: dict[str, dict[str, torch.Tensor]] = {k: {} for k in ("A", "B")}
     sources = [(gathered, [(k, name) for k in need for name in fac[k]])]
     if len(need) < 2:  # the rest came with the exchange (all_gather: every client's rows)
-        sources.append((got.rows, _mixed(fac, kinds)))
+        sources.append((got.rows.cpu(), _mixed(fac, kinds)))
     for rows, keys in sources:
         if rows is None or not keys:
             continue

@@ -85,7 +85,7 @@ def _cover(parts: list[tuple[int, range, Path]], rnd: int, want: range
 
 def _agree(net: Net, value: int) -> int:
     """The minimum of `value` over all peers (a tensor collective, never a pickle)."""
-    x = torch.tensor([value], dtype=torch.int64)
+    x = torch.tensor([value], dtype=torch.int64, device=net.device)
     net.live.guard(lambda: dist.all_reduce(x, op=dist.ReduceOp.MIN))
     return int(x.item())
 
@@ -226,13 +226,19 @@ def _exit(live: Liveness, code: int, why: str) -> None:
 
 def main(cfg: Config, resume: Path | None = None) -> int:
     """Run this process as one peer (rank and rendezvous from torchrun's environment)."""
-    if cfg.train.device.startswith("cuda"):
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    rank, world, store, live = join(backend(cfg), cfg.distributed.timeout_s)
+    comm = torch.device("cpu")
+    if backend(cfg) == "nccl":  # one GPU per peer process; transfers happen on it
+        comm = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(comm)
+    try:
+        rank, world, store, live = join(backend(cfg), cfg.distributed.timeout_s)
+        slices = exchange.client_slices(cfg.clients.n, world)
+    except (RuntimeError, ValueError) as e:
+        print(f"tadlora peer: could not join the peers: {e}", file=sys.stderr)
+        return 1
     logging.basicConfig(format=f"[rank {rank}] %(levelname)s %(message)s", level=logging.INFO)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # torchrun stops peers this way
-    net = Net(rank, exchange.client_slices(cfg.clients.n, world), live, cfg.distributed.mode,
-              cfg.distributed.diagnostics)
+    net = Net(rank, slices, live, cfg.distributed.mode, cfg.distributed.diagnostics, comm)
     directory = resume
     try:
         t0 = time.time()
