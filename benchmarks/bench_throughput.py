@@ -1,0 +1,64 @@
+"""Training throughput of the simulator: all clients in one grouped forward vs one client per
+forward, fp32 vs bf16, on CPU or CUDA.
+
+    .venv/bin/python benchmarks/bench_throughput.py [--device cuda] [--clients 10] [--steps 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from tadlora import config, runner, simulate
+
+
+def samples_per_second(overrides: list[str], steps: int) -> float:
+    exp = runner.build(config.load(None, overrides))
+    fed = exp.fed
+    simulate.prepare_round(fed, 0)
+    simulate.local_training(fed, 0)  # warm-up (allocator, kernels)
+    if fed.device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for t in range(1, steps + 1):
+        simulate.prepare_round(fed, t)
+        simulate.local_training(fed, t)
+    if fed.device.type == "cuda":
+        torch.cuda.synchronize()
+    return steps * fed.steps * fed.n_clients * exp.cfg.train.batch_size / (
+        time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--clients", type=int, default=10)
+    ap.add_argument("--steps", type=int, default=10, help="rounds timed (2 local steps each)")
+    ap.add_argument("--model", default="minilm")
+    ap.add_argument("--data-path", default="")
+    ap.add_argument("--batch-size", type=int, default=16)
+    args = ap.parse_args()
+    base = [f"train.device={args.device}", f"clients.n={args.clients}", f"model.path={args.model}",
+            "train.local_steps=2", f"train.batch_size={args.batch_size}", "run.progress=false",
+            "data.val_size=10", "data.examples_per_client=64", "method.name=lora"]
+    if args.data_path:
+        base.append(f"data.path={args.data_path}")
+    cpu = f"CPU x{torch.get_num_threads()} threads"
+    name = torch.cuda.get_device_name() if args.device == "cuda" else cpu
+    print(f"device: {name}; {args.clients} clients, batch {args.batch_size}/client, MiniLM-L6")
+    print(f"{'precision':>9} {'clients/forward':>15} {'samples/s':>10}")
+    for precision in ["fp32", "bf16"]:
+        rates = {}
+        for per_forward in [1, 0]:
+            rates[per_forward] = samples_per_second(
+                base + [f"train.precision={precision}",
+                        f"train.clients_per_forward={per_forward}"], args.steps)
+            label = "all" if per_forward == 0 else str(per_forward)
+            print(f"{precision:>9} {label:>15} {rates[per_forward]:>10.1f}")
+        print(f"{precision:>9} grouped / one-at-a-time = {rates[0] / rates[1]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
