@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import checkpoint, data, evaluate, lora, methods, topology, train
+from . import checkpoint, data, evaluate, lora, methods, partition, topology, train
 from .config import Config, ConfigError, to_toml
 from .simulate import Federation, run_round
 
@@ -88,7 +88,7 @@ def subset(d: data.TextData, idx: np.ndarray) -> data.TextData:
 
 def client_parts(cfg: Config, labels: np.ndarray) -> list[np.ndarray]:
     d = cfg.data
-    return data.partition(labels, cfg.clients.n, d.partition, cfg.run.seed, d.alpha,
+    return partition.partition(labels, cfg.clients.n, d.partition, cfg.run.seed, d.alpha,
                           d.examples_per_client or None)
 
 
@@ -161,7 +161,7 @@ def build(cfg: Config, clients: range | None = None) -> Experiment:
                      make_batch, len(clients), cfg.run.seed, t.local_steps, t.clip_norm,
                      t.precision, dev, t.clients_per_forward, t.optimizer_state)
     return Experiment(cfg, fed, data.encode(val_set, tok, cfg.data.max_length), pad_id,
-                      data.label_counts(train_set.labels, parts), train_set.label_names, rho)
+                      partition.label_counts(train_set.labels, parts), train_set.label_names, rho)
 
 
 def evaluation(exp: Experiment) -> dict:
