@@ -20,8 +20,8 @@ from .topology import DEFAULT_C
 @dataclass(frozen=True)
 class Run:
     seed: int = 0
-    rounds: int = 30
-    eval_every: int = 10  # 0 = only at the end
+    rounds: int = 60
+    eval_every: int = 20  # 0 = only at the end
     out_dir: str = "runs"
     name: str = ""  # run directory name under out_dir; "" = <method>-<topology>-s<seed>-<time>
     checkpoint_every: int = 1  # rounds between checkpoints (the last round is always saved)
@@ -54,7 +54,7 @@ class Data:
     partition: str = "label_skew"
     alpha: float = 0.5  # Dirichlet concentration (partition=dirichlet)
     examples_per_client: int = 256  # 0 = split the whole train set over the clients
-    val_size: int = 1000  # validation examples (held out of the packaged sources; 0 = all)
+    val_size: int = 500  # validation examples (held out of the packaged sources; 0 = all)
 
 
 @dataclass(frozen=True)
@@ -74,12 +74,12 @@ class Method:
 
 @dataclass(frozen=True)
 class Train:
-    local_steps: int = 5
+    local_steps: int = 2
     batch_size: int = 16
-    lr: float = 1e-3
+    lr: float = 5e-3
     weight_decay: float = 0.01
     clip_norm: float = 1.0  # per-client gradient norm clip; 0 = off
-    optimizer_state: str = "keep"  # keep | reset_phase | reset_round
+    optimizer_state: str = "reset_round"  # reset_round | reset_phase | keep
     precision: str = "fp32"
     device: str = "cpu"
     clients_per_forward: int = 0  # clients batched into one forward pass; 0 = all
