@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from . import __version__
+from . import __version__, report, sweep
 from .checkpoint import CheckpointError
 from .config import Config, ConfigError, load
 
@@ -154,6 +154,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--client", type=int, required=True)
     e.add_argument("--out", required=True)
     e.set_defaults(func=cmd_export)
+    sweep.add_parser(sub)
+    report.add_parser(sub)
     return p
 
 
