@@ -8,8 +8,11 @@ times) and, when diagnostics are on, the factors it lacks for consensus distance
 error, and returns the same record as simulate.run_round; other ranks return None.
 
 Rows that fail the checks (shape, dtype, finiteness) are left out of the round's mixing: their
-column of W(t) is zeroed and every row renormalised to sum to 1 over the rest; a client left
-with no weight at all keeps its own factors. The peer that left them out logs a warning.
+column of W(t) is zeroed and every row renormalised to sum to 1 over the rest (gossip.mix_rows).
+So a client whose row was bad takes its healthy neighbours' average, and a client left with no
+weight at all keeps its own factors. The peer that left a row out logs a warning, and rank 0's
+record lists which peer left out which client ("excluded"). A peer never excludes its own rows
+unless they are non-finite: only what arrives over the wire can be malformed.
 
 Dropout: the simulator draws one dropout stream per forward group, so a peer (with fewer
 clients per forward) cannot reproduce its masks. A peer seeds dropout from (seed, round, its
@@ -32,6 +35,7 @@ import torch
 
 from . import evaluate, exchange, gossip, lora, simulate
 from .exchange import Received, Stamp
+from .gossip import mix_rows, renormalised
 from .liveness import Liveness
 from .methods import phase_name
 
@@ -109,33 +113,6 @@ def _maybe_die(rank: int, t: int) -> None:
         os.kill(os.getpid(), signal.SIGSTOP)
 
 
-def renormalised(w: np.ndarray, excluded: set[int] | dict[int, str]) -> np.ndarray:
-    """W with the columns of `excluded` zeroed and each row rescaled to sum to 1 (a row with no
-    weight left stays zero: its client keeps its own value)."""
-    if not excluded:
-        return w
-    w = w.copy()
-    w[:, sorted(excluded)] = 0.0
-    s = w.sum(axis=1, keepdims=True)
-    return np.divide(w, s, out=np.zeros_like(w), where=s > 0)
-
-
-def mix_rows(w: np.ndarray, targets: range, rows: torch.Tensor, clients: list[int],
-             excluded: set[int] | dict[int, str]) -> torch.Tensor:
-    """New rows of `targets`: sum_j W[i, j] x_j over the rows held (`clients`, which must
-    include every j with W[i, j] != 0), leaving `excluded` out as documented above."""
-    w = renormalised(w, excluded)
-    keep = [k for k, c in enumerate(clients) if c not in excluded]
-    keep.sort(key=lambda k: clients[k])  # sum in client order, as the simulator does
-    block = w[targets.start:targets.stop][:, [clients[k] for k in keep]]
-    out = torch.as_tensor(block, device=rows.device).to(rows.dtype) @ rows[keep]
-    empty = np.flatnonzero(w[targets.start:targets.stop].sum(axis=1) == 0)
-    if len(empty):
-        where = {c: k for k, c in enumerate(clients)}
-        out[empty] = rows[[where[targets.start + int(i)] for i in empty]]
-    return out
-
-
 def _mixed(fac: dict, kinds: frozenset[str]) -> list[tuple[str, str]]:
     """(kind, layer) of every mixed tensor, in the same order on every peer (sorted kinds: a
     frozenset's order differs between processes)."""
@@ -190,48 +167,62 @@ def _apply(net: Net, fac: dict, kinds: frozenset[str], w: np.ndarray, got: Recei
             p.copy_(x)
 
 
+def _rank0_lacks(net: Net, kinds: frozenset[str]) -> list[str]:
+    """The factor kinds whose every-client values rank 0 does not get from the exchange."""
+    return [k for k in ("A", "B") if not (k in kinds and EXCHANGES[net.mode][1])]
+
+
 def _diagnostic_rows(net: Net, fac: dict, kinds: frozenset[str]) -> torch.Tensor | None:
-    """Before mixing: this peer's factors that rank 0 does not get from the exchange."""
+    """Before mixing: this peer's factors that rank 0 needs for the diagnostics and lacks."""
     if not net.diagnostics:
         return None
-    need = [k for k in ("A", "B") if not (k in kinds and EXCHANGES[net.mode][1])]
-    tensors = [fac[k][name] for k in need for name in fac[k]]
+    tensors = [fac[k][name] for k in _rank0_lacks(net, kinds) for name in fac[k]]
     return exchange.pack(tensors) if tensors else None
+
+
+PER_PEER = ("compute_s", "wait_s", "transfer_s", "peer_bytes_sent", "diagnostic_bytes")
+
+
+def _report_row(net: Net, losses: np.ndarray, times: list[float], got: Received,
+                pre: torch.Tensor | None) -> torch.Tensor:
+    """This peer's numbers for rank 0, one float64 row: PER_PEER, then (padded to the largest
+    slice) its clients' losses and bytes, then a 0/1 mask of the clients it left out."""
+    m = max(len(s) for s in net.slices)
+    sent_diag = 0 if pre is None or net.rank == 0 else (
+        exchange.HEADER_BYTES + pre.numel() * pre.element_size())
+    row = np.full(len(PER_PEER) + 2 * m + net.n, np.nan)
+    row[:len(PER_PEER)] = [*times, got.sent, sent_diag]
+    mine = np.full((2, m), np.nan)
+    mine[0, :len(losses)] = losses
+    mine[1, :len(losses)] = [got.client_sent.get(c, 0) for c in net.clients]
+    row[len(PER_PEER):len(PER_PEER) + 2 * m] = mine.reshape(-1)
+    row[len(PER_PEER) + 2 * m:] = [c in got.excluded for c in range(net.n)]
+    return torch.as_tensor(row)[None]
 
 
 def _report(fed: simulate.Federation, net: Net, t: int, losses: np.ndarray,
             times: list[float], got: Received, pre: torch.Tensor | None,
             kinds: frozenset[str], w: np.ndarray) -> dict | None:
-    """Per-peer numbers to rank 0 (one float64 row each), and rank 0's record."""
-    m = max(len(s) for s in net.slices)
-    row = np.full(5 + 2 * m + net.n, np.nan)
-    diag_bytes = 0 if pre is None or net.rank == 0 else (
-        exchange.HEADER_BYTES + pre.numel() * pre.element_size())
-    row[:5] = [*times, got.sent, diag_bytes]
-    row[5:5 + len(losses)] = losses
-    row[5 + m:5 + m + len(losses)] = [got.client_sent.get(c, 0) for c in net.clients]
-    row[5 + 2 * m:] = [c in got.excluded for c in range(net.n)]
-    rows, _ = net.gather(torch.as_tensor(row)[None], t, per_client=False)
+    """Every peer's report row (and diagnostic rows) to rank 0, which returns the record."""
+    rows, _ = net.gather(_report_row(net, losses, times, got, pre), t, per_client=False)
     full = None if pre is None else net.gather(pre, t)[0]
     if net.rank != 0:
         return None
-    r = rows.numpy()
-    sizes = [len(s) for s in net.slices]
-    client_loss = np.concatenate([r[k, 5:5 + sizes[k]] for k in range(net.world)])
+    r, m, p = rows.numpy(), max(len(s) for s in net.slices), len(PER_PEER)
+    mine = r[:, p:p + 2 * m].reshape(net.world, 2, m)
+    per_client = [np.concatenate([mine[k, i, :len(s)] for k, s in enumerate(net.slices)])
+                  for i in (0, 1)]
     record = {"round": t, "phase": phase_name(fed.policy, t),
-              "switch_interval": fed.policy.interval, "train_loss": float(client_loss.mean()),
-              "client_loss": client_loss.round(5).tolist()}
+              "switch_interval": fed.policy.interval, "train_loss": float(per_client[0].mean()),
+              "client_loss": per_client[0].round(5).tolist()}
     record.update(_diagnostics(net, fed, kinds, w, got, full))
-    record["bytes_sent"] = [int(x) for k in range(net.world)
-                            for x in r[k, 5 + m:5 + m + sizes[k]]]
-    record.update(peers=net.world, mode=net.mode, peer_bytes_sent=r[:, 3].astype(int).tolist(),
-                  diagnostic_bytes=r[:, 4].astype(int).tolist(),
-                  compute_s=r[:, 0].round(4).tolist(), wait_s=r[:, 1].round(4).tolist(),
-                  transfer_s=r[:, 2].round(4).tolist())
-    left_out = {c: [k for k in range(net.world) if r[k, 5 + 2 * m + c] == 1]
-                for c in range(net.n)}
-    if any(left_out.values()):
-        record["excluded"] = {str(c): ks for c, ks in left_out.items() if ks}
+    record.update(bytes_sent=per_client[1].astype(int).tolist(), peers=net.world, mode=net.mode)
+    record.update({key: (r[:, i].astype(int) if "bytes" in key else r[:, i].round(4)).tolist()
+                   for i, key in enumerate(PER_PEER)})
+    left_out = r[:, p + 2 * m:] == 1  # (world, n): which peer left which client out
+    if left_out.any():
+        record["excluded"] = {str(c): np.flatnonzero(left_out[:, c]).tolist()
+                              for c in range(net.n) if left_out[:, c].any()}
     return record
 
 
@@ -243,7 +234,7 @@ def _diagnostics(net: Net, fed: simulate.Federation, kinds: frozenset[str], w: n
     if not net.diagnostics:
         return out
     fac = lora.factors(fed.model)
-    need = [k for k in ("A", "B") if not (k in kinds and EXCHANGES[net.mode][1])]
+    need = _rank0_lacks(net, kinds)
     pre: dict[str, dict[str, torch.Tensor]] = {k: {} for k in ("A", "B")}
     sources = [(gathered, [(k, name) for k in need for name in fac[k]])]
     if len(need) < 2:  # the rest came with the exchange (all_gather: every client's rows)

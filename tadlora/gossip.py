@@ -50,3 +50,32 @@ def bytes_sent(w: np.ndarray, tensors: dict[str, torch.Tensor]) -> list[int]:
     per_client = sum(x[0].numel() * x.element_size() for x in tensors.values())
     off = (w != 0) & ~np.eye(w.shape[0], dtype=bool)
     return [int(k) * per_client for k in off.sum(axis=0)]
+
+
+def renormalised(w: np.ndarray, excluded: set[int] | dict[int, str]) -> np.ndarray:
+    """W with the columns of `excluded` zeroed and each row rescaled to sum to 1 (a row with no
+    weight left stays zero: its client keeps its own value)."""
+    if not excluded:
+        return w
+    w = w.copy()
+    w[:, sorted(excluded)] = 0.0
+    s = w.sum(axis=1, keepdims=True)
+    return np.divide(w, s, out=np.zeros_like(w), where=s > 0)
+
+
+def mix_rows(w: np.ndarray, targets: range, rows: torch.Tensor, clients: list[int],
+             excluded: set[int] | dict[int, str]) -> torch.Tensor:
+    """New rows of `targets` (flattened client tensors): sum_j W[i, j] x_j over the rows held
+    (`clients`: their global ids, which must include every j with W[i, j] != 0), with
+    `excluded` left out as `renormalised` says. The distributed engine's mixing: a peer holds
+    its own rows and those it received, and a row that failed the checks is excluded."""
+    w = renormalised(w, excluded)
+    keep = [k for k, c in enumerate(clients) if c not in excluded]
+    keep.sort(key=lambda k: clients[k])  # sum in client order, as the simulator does
+    block = w[targets.start:targets.stop][:, [clients[k] for k in keep]]
+    out = torch.as_tensor(block, device=rows.device).to(rows.dtype) @ rows[keep]
+    empty = np.flatnonzero(w[targets.start:targets.stop].sum(axis=1) == 0)
+    if len(empty):
+        where = {c: k for k, c in enumerate(clients)}
+        out[empty] = rows[[where[targets.start + int(i)] for i in empty]]
+    return out

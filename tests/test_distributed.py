@@ -21,7 +21,8 @@ import torch
 from safetensors.torch import load_file
 
 from tadlora import config, exchange, lora, runner, simulate
-from tadlora.distributed import dropout_seed, mix_rows, renormalised
+from tadlora.distributed import dropout_seed
+from tadlora.gossip import mix_rows, renormalised
 from tests.conftest import tiny_bert
 
 TIMEOUT = 240  # seconds for one launch; a hang fails the test instead of the suite
