@@ -72,11 +72,12 @@ def cmd_launch(ns: argparse.Namespace) -> int:
     out = launch(ns.peers, ns.args, cfg, Path(ns.resume) if ns.resume else None)
     for problem in out.problems:
         print(f"tadlora launch: {problem}", file=sys.stderr)
-    if out.code:
+    if out.code == 3:
         where = out.directory or "RUN_DIR"
         print(f"tadlora launch: the peers stopped; every finished round is in the checkpoint: "
               f"continue with `tadlora launch --peers {ns.peers} --resume {where}`",
               file=sys.stderr)
+    if out.code:
         return out.code
     summary = json.loads((out.directory / "summary.json").read_text())
     print(results_table(summary))

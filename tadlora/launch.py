@@ -28,7 +28,7 @@ GRACE = 2.0  # extra seconds for survivors to write their checkpoint and exit
 
 @dataclass
 class Outcome:
-    code: int  # 0 when every peer finished
+    code: int  # 0: every peer finished; 3: a peer was lost (resumable); else a peer's error code
     directory: Path | None
     problems: list[str] = field(default_factory=list)
 
@@ -49,7 +49,8 @@ def peer_env(rank: int, world: int, port: int) -> dict[str, str]:
     return env
 
 
-def _watch(procs: list[subprocess.Popen], store: dist.Store, timeout: float) -> list[str]:
+def _watch(procs: list[subprocess.Popen], store: dist.Store, timeout: float
+           ) -> tuple[list[int], list[str]]:
     """Wait for every peer, publishing each exit at once. After a failure, peers still running
     `timeout` later, or left alone for GRACE seconds, are frozen: they are killed."""
     codes: list[int | None] = [None] * len(procs)
@@ -73,7 +74,7 @@ def _watch(procs: list[subprocess.Popen], store: dist.Store, timeout: float) -> 
                 codes[k] = procs[k].wait()
                 problems.append(f"rank {k} did not stop on its own (frozen?) and was killed")
         time.sleep(POLL)
-    return problems
+    return [c or 0 for c in codes], problems
 
 
 def launch(peers: int, args: list[str], cfg: Config, resume: Path | None = None) -> Outcome:
@@ -87,7 +88,7 @@ def launch(peers: int, args: list[str], cfg: Config, resume: Path | None = None)
            *(["--resume", str(resume)] if resume else []), *args]
     procs = [subprocess.Popen(cmd, env=peer_env(k, peers, store.port)) for k in range(peers)]
     try:
-        problems = _watch(procs, ours, timeout)
+        codes, problems = _watch(procs, ours, timeout)
     except KeyboardInterrupt:
         for p in procs:
             p.send_signal(signal.SIGINT)
@@ -100,4 +101,5 @@ def launch(peers: int, args: list[str], cfg: Config, resume: Path | None = None)
     directory = resume
     if directory is None and ours.check(["run_name"]) and ours.get("run_name"):
         directory = Path(cfg.run.out_dir) / ours.get("run_name").decode()
-    return Outcome(3 if problems else 0, directory, problems)
+    lost = any(c == 3 or c < 0 for c in codes)
+    return Outcome(3 if lost else max(codes), directory, problems)

@@ -11,6 +11,18 @@ The run directory is the one `tadlora run` writes, plus each peer's checkpoint s
 A peer that loses another keeps its slices and exits with PEER_LOST; `tadlora launch --resume`
 then restarts from the newest round that every client's slice reached (any number of peers:
 a peer reads the rows it needs from whichever slices hold them).
+
+Several hosts, with torchrun (HOST:PORT = an address and free port of host 0 that the other
+hosts reach; the same config file and data on every host; M peer processes per host):
+    host 0:  torchrun --nnodes 2 --node-rank 0 --nproc-per-node M --rdzv-endpoint HOST:PORT \
+                 -m tadlora.cli peer exp.toml run.name=exp1
+    host 1:  torchrun --nnodes 2 --node-rank 1 --nproc-per-node M --rdzv-endpoint HOST:PORT \
+                 -m tadlora.cli peer exp.toml run.name=exp1
+Rank 0 (on host 0) writes metrics.jsonl, summary.json and the merged checkpoint; every host
+keeps its own slices under peers/. After a failure run the same commands with
+`peer --resume runs/exp1` (the same hosts in the same order, unless the run directory is on a
+shared disk). Gloo picks the network interface from the host name; set GLOO_SOCKET_IFNAME
+where that is the wrong one.
 """
 
 from __future__ import annotations
@@ -247,7 +259,8 @@ def main(cfg: Config, resume: Path | None = None) -> int:
         _finish(exp, net, directory, t0)
     except (PeerLost, ProtocolError) as e:
         log.error("%s. Stopping; the last checkpoint is kept: continue with `tadlora launch "
-                  "--peers %d --resume %s`", e, world, directory)
+                  "--peers %d --resume %s` (under torchrun: the same command with `peer "
+                  "--resume %s`)", e, world, directory, directory)
         _exit(live, PEER_LOST, f"stopped after it {e}")
     except KeyboardInterrupt:
         log.error("interrupted; the last checkpoint is kept")
