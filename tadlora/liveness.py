@@ -21,6 +21,7 @@ import torch.distributed as dist
 
 AGENT_STORE_ENV = "TADLORA_AGENT_STORE"  # "1": the launcher hosts the store (as torchrun does)
 CHECK_EVERY = 0.25  # seconds between liveness checks while waiting
+STARTUP = 120.0  # seconds a peer may take to start beating at all (imports, a loaded machine)
 
 
 class PeerLost(RuntimeError):
@@ -75,9 +76,10 @@ class Liveness:
             beats = self.store.add(f"beat/{k}", 0)
             if beats != self._seen[k][0]:
                 self._seen[k] = (beats, now)
-            elif now - self._seen[k][1] > self.timeout:
+            limit = self.timeout if beats else max(self.timeout, STARTUP)
+            if now - self._seen[k][1] > limit:
                 raise PeerLost(k, f"no heartbeat for {now - self._seen[k][1]:.0f} s "
-                                  f"(timeout {self.timeout:g} s): crashed or frozen")
+                                  f"(timeout {limit:g} s): crashed, frozen or never started")
 
     def barrier(self, tag: str) -> float:
         """Wait until every peer has reached `tag`; returns the seconds waited."""
@@ -134,11 +136,12 @@ def join(backend: str, timeout: float) -> tuple[int, int, dist.Store, Liveness]:
     host, port = os.environ.get("MASTER_ADDR", "127.0.0.1"), env_int("MASTER_PORT")
     hosted = (os.environ.get(AGENT_STORE_ENV) == "1"
               or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True")
-    wait = timedelta(seconds=timeout)
-    base = dist.TCPStore(host, port, world, is_master=rank == 0 and not hosted, timeout=wait,
-                         wait_for_workers=False)
+    base = dist.TCPStore(host, port, world, is_master=rank == 0 and not hosted,
+                         timeout=timedelta(seconds=max(timeout, STARTUP)), wait_for_workers=False)
     restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-    dist.init_process_group(backend, store=dist.PrefixStore(f"pg/{restart}", base), rank=rank,
-                            world_size=world, timeout=wait)
     store = dist.PrefixStore(f"tadlora/{restart}", base)
-    return rank, world, store, Liveness(store, rank, world, timeout)
+    live = Liveness(store, rank, world, timeout)
+    live.barrier("joined")  # peers start at different speeds; the group's timeout is for later
+    dist.init_process_group(backend, store=dist.PrefixStore(f"pg/{restart}", base), rank=rank,
+                            world_size=world, timeout=timedelta(seconds=timeout))
+    return rank, world, store, live
