@@ -106,6 +106,7 @@ def restore(directory: Path, exp: runner.Experiment, net: Net) -> int:
     """Load this peer's clients from the newest round that every peer can restore; returns it."""
     parts = slices_on_disk(directory, net.n)
     rounds = sorted({r for r, _, _ in parts if _cover(parts, r, net.clients)})
+    net.live.guard(lambda: net.live.barrier("restore"))  # builds take unequal times
     rnd = _agree(net, rounds[-1] if rounds else -1)
     if _agree(net, int(rnd in rounds)) == 0:
         raise checkpoint.CheckpointError(
@@ -136,6 +137,7 @@ def restore(directory: Path, exp: runner.Experiment, net: Net) -> int:
 def merge(directory: Path, exp: runner.Experiment, net: Net, rnd: int) -> None:
     """Every peer's tensors and AdamW state to rank 0, saved as one ordinary checkpoint."""
     fed = exp.fed
+    net.live.guard(lambda: net.live.barrier("merge"))  # rank 0 may still be evaluating
     state = {k: v.detach() for k, v in lora.state(fed.model).items()}
     opt = checkpoint._optimizer_tensors(fed.model, fed.optimizer)
     keys = sorted(state)
