@@ -8,16 +8,20 @@ times) and, when diagnostics are on, the factors it lacks for consensus distance
 error, and returns the same record as simulate.run_round; other ranks return None.
 
 Rows that fail the checks (shape, dtype, finiteness) are left out of the round's mixing: their
-column of W(t) is zeroed and every row renormalised to sum to 1 over the rest (gossip.mix_rows).
+column of W(t) is zeroed and every row renormalised to sum to 1 over the rest (gossip.mix_held).
 So a client whose row was bad takes its healthy neighbours' average, and a client left with no
 weight at all keeps its own factors. The peer that left a row out logs a warning, and rank 0's
 record lists which peer left out which client ("excluded"). A peer never excludes its own rows
 unless they are non-finite: only what arrives over the wire can be malformed.
 
-Dropout: the simulator draws one dropout stream per forward group, so a peer (with fewer
-clients per forward) cannot reproduce its masks. A peer seeds dropout from (seed, round, its
-first client): reproducible for a given peer layout, identical to the simulator for one peer,
-and exact parity with the simulator holds for dropout-free training (see tests).
+Parity with the simulator: a peer mixes with the simulator's own einsum over all n clients
+(rows it did not receive are zeros, with zero weight), and trains its clients in one forward
+group. Without dropout, a run on P peers is therefore bit for bit the simulator's run with
+train.clients_per_forward = clients per peer, and within float rounding (~1e-7 after a few
+rounds, growing slowly with training) of the simulator's default of one group for all clients.
+Dropout: the simulator draws one dropout stream per forward group, so a peer cannot reproduce
+its masks; a peer seeds dropout from (seed, round, its first client): reproducible for a given
+peer layout and identical to the simulator for one peer.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ import torch
 
 from . import evaluate, exchange, gossip, lora, simulate
 from .exchange import Received, Stamp
-from .gossip import mix_rows, renormalised
+from .gossip import mix_held, renormalised
 from .liveness import Liveness
 from .methods import phase_name
 
@@ -161,10 +165,21 @@ def _apply(net: Net, fac: dict, kinds: frozenset[str], w: np.ndarray, got: Recei
     if not kinds:
         return
     params = [fac[k][name] for k, name in _mixed(fac, kinds)]
-    new = mix_rows(w, net.clients, got.rows, got.clients, got.excluded)
+    new = mix_held(w, net.clients, _every_client(net, got, params), got.excluded)
     with torch.no_grad():
-        for p, x in zip(params, exchange.unpack(new, params), strict=True):
+        for p, x in zip(params, new, strict=True):
             p.copy_(x)
+
+
+def _every_client(net: Net, got: Received, like: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The received rows as (n, ...) tensors shaped like `like`, zeros for the clients not
+    received (all_gather: none; p2p: those whose weight is zero)."""
+    if got.clients == list(range(net.n)):
+        rows = got.rows
+    else:
+        rows = got.rows.new_zeros(net.n, got.rows.shape[1])
+        rows[got.clients] = got.rows
+    return [x.contiguous() for x in exchange.unpack(rows, like)]
 
 
 def _rank0_lacks(net: Net, kinds: frozenset[str]) -> list[str]:
@@ -212,9 +227,10 @@ def _report(fed: simulate.Federation, net: Net, t: int, losses: np.ndarray,
     mine = r[:, p:p + 2 * m].reshape(net.world, 2, m)
     per_client = [np.concatenate([mine[k, i, :len(s)] for k, s in enumerate(net.slices)])
                   for i in (0, 1)]
+    losses = per_client[0].astype(np.float32)  # as the simulator has them
     record = {"round": t, "phase": phase_name(fed.policy, t),
-              "switch_interval": fed.policy.interval, "train_loss": float(per_client[0].mean()),
-              "client_loss": per_client[0].round(5).tolist()}
+              "switch_interval": fed.policy.interval, "train_loss": float(losses.mean()),
+              "client_loss": losses.round(5).tolist()}
     record.update(_diagnostics(net, fed, kinds, w, got, full))
     record.update(bytes_sent=per_client[1].astype(int).tolist(), peers=net.world, mode=net.mode)
     record.update({key: (r[:, i].astype(int) if "bytes" in key else r[:, i].round(4)).tolist()
@@ -245,23 +261,18 @@ def _diagnostics(net: Net, fed: simulate.Federation, kinds: frozenset[str], w: n
         views = exchange.unpack(rows, [fac[k][name] for k, name in keys])
         for (k, name), x in zip(keys, views, strict=True):
             if k in pre:
-                pre[k][name] = x
+                pre[k][name] = x.contiguous()
     bad = set(got.excluded)
     for x in (x for ps in pre.values() for x in ps.values()):
         bad |= set(np.flatnonzero(~torch.isfinite(x.reshape(net.n, -1)).all(1).numpy()))
-    post = {k: {name: _mix_all(w, x, bad) if k in kinds else x for name, x in ps.items()}
-            for k, ps in pre.items()}
+    post = {k: {name: mix_held(w, range(net.n), [x], bad)[0] if k in kinds else x
+                for name, x in ps.items()} for k, ps in pre.items()}
     wu = torch.as_tensor(renormalised(w, bad))
     values = {"consensus_A": gossip.consensus_distance(post["A"]),
               "consensus_B": gossip.consensus_distance(post["B"]),
               "cross_term_error": gossip.cross_term_error(pre["A"], pre["B"], post["A"],
                                                           post["B"], wu)}
     return {k: (v if np.isfinite(v) else None) for k, v in values.items()}
-
-
-def _mix_all(w: np.ndarray, x: torch.Tensor, excluded: set[int]) -> torch.Tensor:
-    n = x.shape[0]
-    return mix_rows(w, range(n), x.reshape(n, -1), list(range(n)), excluded).view_as(x)
 
 
 # ------------------------------------------------------------------ evaluation

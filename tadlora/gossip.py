@@ -63,19 +63,25 @@ def renormalised(w: np.ndarray, excluded: set[int] | dict[int, str]) -> np.ndarr
     return np.divide(w, s, out=np.zeros_like(w), where=s > 0)
 
 
-def mix_rows(w: np.ndarray, targets: range, rows: torch.Tensor, clients: list[int],
-             excluded: set[int] | dict[int, str]) -> torch.Tensor:
-    """New rows of `targets` (flattened client tensors): sum_j W[i, j] x_j over the rows held
-    (`clients`: their global ids, which must include every j with W[i, j] != 0), with
-    `excluded` left out as `renormalised` says. The distributed engine's mixing: a peer holds
-    its own rows and those it received, and a row that failed the checks is excluded."""
+def mix_held(w: np.ndarray, targets: range, tensors: list[torch.Tensor],
+             excluded: set[int] | dict[int, str]) -> list[torch.Tensor]:
+    """Rows `targets` of W x for every stacked tensor x (n, ...), computed as `mix` computes
+    them (the same einsum over all n clients: bit for bit the same numbers), with the clients
+    in `excluded` left out as `renormalised` says; a target row left with no weight keeps its
+    own value. The distributed engine's mixing: a peer holds its own rows and the rows it
+    received; the others may be anything finite (zeros), as their weights are zero."""
     w = renormalised(w, excluded)
-    keep = [k for k, c in enumerate(clients) if c not in excluded]
-    keep.sort(key=lambda k: clients[k])  # sum in client order, as the simulator does
-    block = w[targets.start:targets.stop][:, [clients[k] for k in keep]]
-    out = torch.as_tensor(block, device=rows.device).to(rows.dtype) @ rows[keep]
-    empty = np.flatnonzero(w[targets.start:targets.stop].sum(axis=1) == 0)
-    if len(empty):
-        where = {c: k for k, c in enumerate(clients)}
-        out[empty] = rows[[where[targets.start + int(i)] for i in empty]]
+    wt = torch.as_tensor(w)
+    bad = sorted(excluded)
+    alone = [i for i in targets if w[i].sum() == 0]
+    out = []
+    with torch.no_grad():
+        for x in tensors:
+            clean = x.clone() if bad else x
+            clean[bad] = 0  # NaN * 0 would still be NaN
+            y = torch.einsum("ij,j...->i...", wt.to(x.device, x.dtype), clean)
+            y = y[targets.start:targets.stop].clone()
+            for i in alone:
+                y[i - targets.start] = x[i]
+            out.append(y)
     return out

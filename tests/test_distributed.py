@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 
 from tadlora import config, exchange, lora, runner, simulate
 from tadlora.distributed import dropout_seed
-from tadlora.gossip import mix_rows, renormalised
+from tadlora.gossip import mix_held, renormalised
 from tests.conftest import tiny_bert
 
 TIMEOUT = 240  # seconds for one launch; a hang fails the test instead of the suite
@@ -171,16 +171,31 @@ def test_pack_unpack_round_trip():
 def test_mixing_leaves_out_bad_rows_and_renormalises():
     w = np.array([[0.5, 0.25, 0.25], [0.25, 0.75, 0.0], [0.25, 0.0, 0.75]])
     x = torch.tensor([[1.0, 1.0], [2.0, 2.0], [float("nan"), 0.0]])
-    out = mix_rows(w, range(0, 3), x, [0, 1, 2], {2: "nan"})
-    assert torch.isfinite(out[:2]).all()
+    out = mix_held(w, range(0, 3), [x], {2: "nan"})[0]
+    assert torch.isfinite(out).all()
     assert torch.allclose(out[0], (0.5 * x[0] + 0.25 * x[1]) / 0.75)
     assert torch.allclose(out[1], 0.25 * x[0] + 0.75 * x[1])
     assert torch.equal(out[2], x[0])  # the bad client takes its healthy neighbours' average
-    alone = np.eye(3)
-    assert torch.isnan(mix_rows(alone, range(2, 3), x, [0, 1, 2], {2: "nan"})[0, 0])  # keeps own
     assert np.allclose(renormalised(w, {2})[:2].sum(1), 1.0)
-    clean = mix_rows(w, range(1, 3), x[:2], [0, 1], {})  # rows held: own + neighbours only
-    assert torch.allclose(clean[0], 0.25 * x[0] + 0.75 * x[1])
+    alone = mix_held(np.eye(3), range(2, 3), [x], {2: "nan"})[0]
+    assert torch.isnan(alone[0, 0])  # no healthy neighbour: it keeps its own
+
+
+def test_mixing_held_rows_is_the_simulators_mixing_bit_for_bit():
+    """A peer holding only its rows and its neighbours' (zeros elsewhere) computes exactly
+    what gossip.mix computes on every client's tensor."""
+    from tadlora import gossip, topology
+
+    w = topology.metropolis_hastings(topology.erdos_renyi(8, 0, 3, 0.3))
+    x = torch.randn(8, 4, 16)
+    everyone = x.clone()
+    gossip.mix({"x": everyone}, torch.as_tensor(w))
+    mine = range(2, 4)
+    held = np.flatnonzero((w[mine.start:mine.stop] != 0).any(0))
+    partial = torch.zeros_like(x)
+    partial[held] = x[held]
+    assert len(held) < 8
+    assert torch.equal(mix_held(w, mine, [partial], {})[0], everyone[2:4])
 
 
 def test_one_peer_draws_the_simulators_dropout():
@@ -220,15 +235,26 @@ def test_four_peers_p2p_match_the_simulator_every_round(model_dir, tmp_path):
     check_parity(argv, tmp_path / "d", peers=4, mode="p2p")
 
 
+SAME_AS_SIMULATOR = ("phase", "switch_interval", "train_loss", "client_loss", "consensus_A",
+                     "consensus_B", "cross_term_error", "eval")
+
+
 def check_parity(argv, d, peers, mode):
-    """Every client's tensors after every round, the records and the summary of the run in
-    `d` equal the simulator's; bytes are what the mode must send."""
+    """The run in `d` is bit for bit the simulator's with the peers' forward groups, and
+    within 1e-6 of the simulator's default (one group): every client's tensors after every
+    round, the records and the summary. Bytes are what the mode must send."""
+    states, want, _ = reference([*argv, f"train.clients_per_forward={8 // peers}"])
+    got_records = records(d)
+    for t, state in enumerate(states):
+        got = slices_of_round(d, t + 1)
+        assert all(torch.equal(got[k], v) for k, v in state.items()), t
+        assert {k: got_records[t].get(k) for k in SAME_AS_SIMULATOR} == {
+            k: want[t].get(k) for k in SAME_AS_SIMULATOR}
     states, want, summary = reference(argv)
     for t, state in enumerate(states):
         got = slices_of_round(d, t + 1)
         for k, v in state.items():
             assert (got[k] - v).abs().max() <= 1e-6, (t, k)
-    got_records = records(d)
     assert_close_records(got_records, want)
     assert all(r["peers"] == peers and r["mode"] == mode for r in got_records)
     got_summary = json.loads((d / "summary.json").read_text())
