@@ -3,9 +3,21 @@
 A round on a peer: the simulator's own `prepare_round` and `local_training` on its clients, then
 W(t) from (seed, round) as every peer computes it (no coordinator), a barrier, an exchange of
 exactly the tensors the method mixes this round (all_gather, or neighbour-only send/recv), and
-the mixing of its own clients' rows. Rank 0 receives small per-round reports (losses, bytes,
-times) and, when diagnostics are on, the factors it lacks for consensus distance and cross-term
-error, and returns the same record as simulate.run_round; other ranks return None.
+the mixing of its own clients' rows. Rank 0 receives small per-round reports and returns the
+same record as simulate.run_round (other ranks return None), with these differences and extras:
+  bytes_sent        per client, the bytes its row actually cost on the wire: to every other
+                    peer (all_gather) or once to each peer that mixes it (p2p); a client's
+                    neighbours on its own peer cost nothing (the simulator counts one process
+                    per client: its row once per neighbour)
+  peer_bytes_sent   per peer, everything it sent in the exchange: headers and padding too
+  diagnostic_bytes  per peer, what it sent rank 0 for the diagnostics, never in bytes_sent
+  compute_s, wait_s, transfer_s   per peer: local training, the barrier before the exchange
+                    (waiting for the slowest peer), the exchange and the mixing
+  peers, mode; excluded (only when something was left out: client -> peers that did)
+Diagnostics need every client's factors: rank 0 has the mixed ones from an all_gather and is
+sent the others (the unmixed factor for ffa/rolora/local; in p2p mode both A and B) each round;
+with distributed.diagnostics=false nothing is sent and consensus_A/B and cross_term_error are
+null.
 
 Rows that fail the checks (shape, dtype, finiteness) are left out of the round's mixing: their
 column of W(t) is zeroed and every row renormalised to sum to 1 over the rest (gossip.mix_held).
