@@ -43,7 +43,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import tomllib
 import traceback
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -51,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from . import config
-from .config import Config, ConfigError
+from .config import Config, ConfigError, read_toml
 
 Settings = dict[str, Any]  # "section.key" -> value
 TASK_KEYS = ("data.source", "data.path", "data.task")
@@ -133,12 +132,7 @@ def expand(base: Settings, grid: dict[str, list], includes: list[Settings]) -> l
 
 
 def _read(path: Path) -> dict:
-    if not path.is_file():
-        raise ConfigError(f"sweep file {path} does not exist")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"sweep file {path} is not valid TOML: {e}") from e
+    raw = read_toml(path, "sweep file")
     unknown = set(raw) - {"sweep", "base", "grid", "include"}
     if unknown or "name" not in raw.get("sweep", {}):
         raise ConfigError(f"sweep file {path}: needs [sweep] name = ...; allowed tables are "

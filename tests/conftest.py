@@ -22,17 +22,24 @@ def tiny_model():
     return tiny_bert()
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory):
-    """A tiny random BERT saved with the packaged MiniLM tokenizer: a model.path for runs."""
+def save_tiny(directory, dropout: bool = True) -> str:
+    """The tiny random BERT (optionally without dropout) saved with the packaged tokenizer."""
     from transformers import AutoTokenizer
 
     from tadlora.runner import model_path
 
-    d = tmp_path_factory.mktemp("tiny-bert")
-    tiny_bert().save_pretrained(d)
-    AutoTokenizer.from_pretrained(model_path("minilm")).save_pretrained(d)
-    return str(d)
+    m = tiny_bert()
+    if not dropout:
+        m.config.hidden_dropout_prob = m.config.attention_probs_dropout_prob = 0.0
+    m.save_pretrained(directory)
+    AutoTokenizer.from_pretrained(model_path("minilm")).save_pretrained(directory)
+    return str(directory)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A model.path for fast runs."""
+    return save_tiny(tmp_path_factory.mktemp("tiny-bert"))
 
 
 def tiny_run_args(model_dir, out_dir, name, *extra):

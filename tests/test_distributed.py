@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 from tadlora import config, exchange, lora, runner, simulate
 from tadlora.distributed import dropout_seed
 from tadlora.gossip import mix_held, renormalised
-from tests.conftest import tiny_bert
+from tests.conftest import save_tiny
 
 TIMEOUT = 240  # seconds for one launch; a hang fails the test instead of the suite
 
@@ -31,14 +31,7 @@ TIMEOUT = 240  # seconds for one launch; a hang fails the test instead of the su
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """The tiny random BERT without dropout, saved with the packaged tokenizer."""
-    from transformers import AutoTokenizer
-
-    d = tmp_path_factory.mktemp("tiny-bert-nodrop")
-    m = tiny_bert()
-    m.config.hidden_dropout_prob = m.config.attention_probs_dropout_prob = 0.0
-    m.save_pretrained(d)
-    AutoTokenizer.from_pretrained(runner.model_path("minilm")).save_pretrained(d)
-    return str(d)
+    return save_tiny(tmp_path_factory.mktemp("tiny-bert-nodrop"), dropout=False)
 
 
 def args(model_dir, out, name, *extra):
