@@ -80,7 +80,7 @@ class Train:
     weight_decay: float = 0.01
     clip_norm: float = 1.0  # per-client gradient norm clip; 0 = off
     optimizer_state: str = "reset_round"  # reset_round | reset_phase | keep
-    precision: str = "fp32"
+    precision: str = "bf16"  # bf16 autocast (fp32 factors and optimizer); or fp32
     device: str = "cpu"
     clients_per_forward: int = 0  # clients batched into one forward pass; 0 = all
 
