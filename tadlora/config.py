@@ -77,6 +77,7 @@ class Train:
     local_steps: int = 2
     batch_size: int = 16
     lr: float = 5e-3
+    lr_schedule: str = "cosine"  # cosine (decay to 0 over run.rounds) | constant
     weight_decay: float = 0.01
     clip_norm: float = 1.0  # per-client gradient norm clip; 0 = off
     optimizer_state: str = "reset_round"  # reset_round | reset_phase | keep
@@ -117,6 +118,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "method.name": ("lora", "ffa", "rolora", "adf", "tad", "local", "fedavg"),
     "train.optimizer_state": ("keep", "reset_phase", "reset_round"),
     "train.precision": ("fp32", "bf16"),
+    "train.lr_schedule": ("cosine", "constant"),
     "distributed.mode": ("all_gather", "p2p"),
     "distributed.backend": ("auto", "gloo", "nccl"),
     "distributed.on_peer_loss": ("stop",),

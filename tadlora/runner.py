@@ -159,7 +159,8 @@ def build(cfg: Config, clients: range | None = None) -> Experiment:
     pol, rho = policy(cfg)
     fed = Federation(model, train.make_optimizer(model, t.lr, t.weight_decay), pol, mixing(cfg),
                      make_batch, len(clients), cfg.run.seed, t.local_steps, t.clip_norm,
-                     t.precision, dev, t.clients_per_forward, t.optimizer_state)
+                     t.precision, dev, t.clients_per_forward, t.optimizer_state, t.lr,
+                     t.lr_schedule, cfg.run.rounds)
     return Experiment(cfg, fed, data.encode(val_set, tok, cfg.data.max_length), pad_id,
                       partition.label_counts(train_set.labels, parts), train_set.label_names, rho)
 

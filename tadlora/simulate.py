@@ -37,6 +37,9 @@ class Federation:
     device: torch.device = torch.device("cpu")
     per_forward: int = 0
     optimizer_state: str = "keep"  # keep | reset_phase | reset_round
+    lr: float = 1e-3
+    lr_schedule: str = "constant"  # constant | cosine (over `rounds`)
+    rounds: int = 1
 
 
 def trained_kinds(policy: Joint, t: int) -> frozenset[str]:
@@ -51,11 +54,12 @@ def mixed_kinds(policy: Joint, t: int) -> frozenset[str]:
 
 
 def prepare_round(fed: Federation, t: int) -> None:
-    """Trainable flags, optimizer-state policy and the round's dropout seed."""
+    """Trainable flags, optimizer-state policy, the round's learning rate and dropout seed."""
     params = train.set_trainable(fed.model, trained_kinds(fed.policy, t))
     switched = t > 0 and fed.policy.trainable(t) != fed.policy.trainable(t - 1)
     if fed.optimizer_state == "reset_round" or (fed.optimizer_state == "reset_phase" and switched):
         train.reset_state(fed.optimizer, params)
+    train.set_lr(fed.optimizer, fed.lr_schedule, fed.lr, t, fed.rounds)
     torch.manual_seed(fed.seed * 1_000_003 + t)  # dropout: a pure function of (seed, round)
 
 

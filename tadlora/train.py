@@ -7,6 +7,7 @@ means, so no client's gradient is scaled by the group size) and gradient clippin
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 
 import numpy as np
@@ -53,6 +54,23 @@ def clip_per_client(params: list[nn.Parameter], max_norm: float) -> torch.Tensor
         for g in grads:
             g.mul_(coef.view(-1, *([1] * (g.dim() - 1))).to(g.dtype))
     return norms
+
+
+SCHEDULES: dict[str, Callable[[float, int, int], float]] = {
+    "constant": lambda lr, t, rounds: lr,
+    # cosine decay over the rounds: local drift vanishes towards the end, so the clients'
+    # models (each evaluated on its own) settle near the consensus of the gossip
+    "cosine": lambda lr, t, rounds: lr * 0.5 * (1.0 + math.cos(math.pi * t / rounds)),
+}
+
+
+def set_lr(optimizer: torch.optim.Optimizer, schedule: str, lr: float, t: int,
+           rounds: int) -> float:
+    """The learning rate of round t under `schedule` (constant | cosine), applied."""
+    value = SCHEDULES[schedule](lr, t, rounds)
+    for group in optimizer.param_groups:
+        group["lr"] = value
+    return value
 
 
 def groups(n: int, per_forward: int) -> list[slice]:

@@ -109,3 +109,12 @@ def test_bf16_autocast_runs_and_keeps_fp32_factors():
     loss = train.local_round(m, opt, batch_fn(), 3, 1, 1.0, "bf16", torch.device("cpu"))
     assert np.isfinite(loss).all()
     assert all(p.dtype == torch.float32 for p in lora.state(m).values())
+
+
+def test_lr_schedules():
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    assert train.set_lr(opt, "constant", 0.1, 7, 10) == 0.1
+    assert train.set_lr(opt, "cosine", 0.1, 0, 10) == 0.1
+    assert abs(train.set_lr(opt, "cosine", 0.1, 5, 10) - 0.05) < 1e-12
+    last = train.set_lr(opt, "cosine", 0.1, 9, 10)
+    assert 0 < last < 0.003 and opt.param_groups[0]["lr"] == last
