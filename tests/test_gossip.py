@@ -60,3 +60,13 @@ def test_bytes_sent_counts_neighbours_times_slice_bytes():
     per = (2 * 5 + 3 * 2) * 4
     assert gossip.bytes_sent(w, {"a": a["l"], "b": b["l"]}) == [2 * per] * 4
     assert gossip.bytes_sent(np.eye(4), {"a": a["l"]}) == [0] * 4
+
+
+def test_cross_term_error_in_client_chunks_equals_all_at_once(monkeypatch):
+    a, b = stacked(n=7)
+    g = torch.Generator().manual_seed(3)
+    a1, b1 = {"l": torch.randn(7, 2, 5, generator=g)}, {"l": torch.randn(7, 3, 2, generator=g)}
+    w = torch.as_tensor(topology.metropolis_hastings(topology.erdos_renyi(7, 0, 0, 0.6)))
+    whole = gossip.cross_term_error(a, b, a1, b1, w)
+    monkeypatch.setattr(gossip, "_chunk", lambda *args, **kw: 2)
+    assert abs(gossip.cross_term_error(a, b, a1, b1, w) - whole) < 1e-6
