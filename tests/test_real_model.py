@@ -12,7 +12,8 @@ def test_two_layer_minilm_learns(tmp_path):
         f"run.out_dir={tmp_path}", "run.name=real", "run.rounds=14", "run.eval_every=0",
         "run.progress=false", "model.num_layers=2", "clients.n=4", "data.partition=iid",
         "data.examples_per_client=160", "data.val_size=300", "train.local_steps=4",
-        "train.lr=1e-2", "model.head=trained", "method.name=lora", "topology.kind=complete"])
+        "train.lr=1e-2", "train.lr_schedule=constant", "train.precision=fp32",
+        "model.head=trained", "method.name=lora", "topology.kind=complete"])
     _, summary = runner.run(cfg)
     rows = runner.read_metrics(tmp_path / "real")
     assert rows[-1]["train_loss"] < rows[0]["train_loss"] - 0.03
