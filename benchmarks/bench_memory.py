@@ -120,8 +120,8 @@ def data_footprint(fed) -> dict[str, int] | None:
 
 
 def no_cross_term() -> None:
-    """Counterfactual: replace the cross-term diagnostic (it materialises every client's dense
-    B @ A product, (n, d_out, d_in) per layer, several times) by a stub."""
+    """Counterfactual: replace the cross-term diagnostic (its temporaries are dense d_out x d_in
+    B @ A products, for all clients or a chunk of them) by a stub, to show what it costs."""
     from tadlora import gossip
 
     gossip.cross_term_error = lambda *args, **kwargs: float("nan")

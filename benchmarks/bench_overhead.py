@@ -206,14 +206,12 @@ def report(precision: str, res: dict, args: argparse.Namespace) -> dict[str, flo
         print(f"  {name:<10} {med / args.steps:13.3f} {samples / med:16.1f} "
               f"{statistics.median(cpu[name]) / args.steps:10.3f} {tok / reps:27.0f}")
     print("  throughput ratio A / B: median over repetitions of the paired ratio time B / time A "
-          "[min-max over repetitions]; best-of: fastest B / fastest A; cpu: median paired ratio "
-          "of process CPU time")
+          "[min-max over repetitions]; cpu: the same from process CPU time")
     out = {}
     for a, b, note in PAIRS:
         r, r_cpu = paired(times[a], times[b]), paired(cpu[a], cpu[b])
         out[f"{a}/{b}"] = statistics.median(r)
         print(f"    {a:>8} / {b:<9} = {statistics.median(r):5.3f} [{min(r):.3f}-{max(r):.3f}]"
-              f"  best-of {min(times[b]) / min(times[a]):5.3f}"
               f"  cpu {statistics.median(r_cpu):5.3f}  ({note})")
     print(f"  load average during this block: {res['load'][0]:.2f} -> {res['load'][1]:.2f} "
           "(2 cores; above ~2 other work competed for them)")
