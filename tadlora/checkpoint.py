@@ -58,7 +58,7 @@ def save_tensors(directory: str | Path, tensors: dict[str, torch.Tensor],
     return final
 
 
-def _read(directory: Path) -> tuple[dict, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def read(directory: Path) -> tuple[dict, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     if not (directory / META).is_file():
         old = directory.with_name(directory.name + ".old")
         hint = f" (an older one is at {old})" if old.exists() else ""
@@ -73,7 +73,7 @@ def _read(directory: Path) -> tuple[dict, dict[str, torch.Tensor], dict[str, tor
 
 def load(directory: str | Path, model: nn.Module, opt: torch.optim.Optimizer) -> dict:
     """Restore the per-client tensors and AdamW state in place; returns the saved meta."""
-    meta, tensors, opt_tensors = _read(Path(directory))
+    meta, tensors, opt_tensors = read(Path(directory))
     restore(model, opt, tensors, opt_tensors, str(directory))
     return meta
 

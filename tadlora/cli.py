@@ -112,12 +112,12 @@ def cmd_export(ns: argparse.Namespace) -> None:
 
     directory = Path(ns.run_dir)
     cfg = load(directory / runner.CONFIG)
-    model, _ = runner.load_model(cfg, len(runner.load_data(cfg)[0].label_names))
-    model = runner.stack_adapters(model, cfg)
-    meta, tensors, _ = checkpoint._read(directory / runner.CKPT)
-    lora.load_state(model, tensors)
     if not 0 <= ns.client < cfg.clients.n:
         raise ConfigError(f"--client {ns.client}: the run has clients 0..{cfg.clients.n - 1}")
+    meta, tensors, _ = checkpoint.read(directory / runner.CKPT)
+    labels = json.loads((directory / "clients.json").read_text())["label_names"]
+    model = runner.stack_adapters(runner.load_model(cfg, len(labels))[0], cfg)
+    lora.load_state(model, tensors)
     m = cfg.model
     out = lora.export_peft(model, ns.client, ns.out, list(m.target_modules), m.lora_r,
                            m.lora_alpha, m.lora_dropout, list(m.head_modules),

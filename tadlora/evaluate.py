@@ -11,7 +11,7 @@ from torch import nn
 
 from . import lora
 from .data import Encoded, collate, eval_batches
-from .train import groups
+from .train import autocast, groups
 
 
 @torch.no_grad()
@@ -21,7 +21,6 @@ def accuracies(model: nn.Module, val: Encoded, pad_id: int, n_clients: int, batc
     the same length-bucketed batch in one forward pass (the batch repeated once per client)."""
     model.eval()
     correct = torch.zeros(n_clients)
-    labels_all = val.labels
     lengths = [len(ids) for ids in val.input_ids]
     for idx in eval_batches(len(lengths), batch_size, lengths):
         batch = collate(val, idx, pad_id)
@@ -29,11 +28,10 @@ def accuracies(model: nn.Module, val: Encoded, pad_id: int, n_clients: int, batc
         for group in groups(n_clients, per_forward):
             g = group.stop - group.start
             inputs = {k: v.to(device).repeat(g, *([1] * (v.dim() - 1))) for k, v in batch.items()}
-            with lora.select(model, group), torch.autocast(
-                    device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            with lora.select(model, group), autocast(device, precision):
                 pred = model(**inputs).logits.argmax(-1).view(g, -1)  # (g, batch)
             correct[group] += (pred == labels).sum(1).float().cpu()
-    return (correct / len(labels_all)).numpy()
+    return (correct / len(val.labels)).numpy()
 
 
 @contextmanager

@@ -116,7 +116,7 @@ def restore(directory: Path, exp: runner.Experiment, net: Net) -> int:
     tensors: dict[str, list[torch.Tensor]] = {}
     moments: dict[str, list[torch.Tensor]] = {}
     for held, d in _cover(parts, rnd, net.clients):
-        meta, t, o = checkpoint._read(d)
+        meta, t, o = checkpoint.read(d)
         if meta["switch_interval"] != exp.fed.policy.interval:
             raise checkpoint.CheckpointError(
                 f"{d} was made with switch interval {meta['switch_interval']}, the config now "

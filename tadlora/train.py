@@ -79,6 +79,11 @@ def groups(n: int, per_forward: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
+def autocast(device: torch.device, precision: str) -> torch.autocast:
+    """bf16 autocast when precision is bf16 (factors and optimizer stay fp32), else a no-op."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 def _group_loss(model: nn.Module, batch: dict[str, torch.Tensor], g: int) -> torch.Tensor:
     """Per-client mean cross-entropy of a batch holding g equal client chunks, shape (g,)."""
     labels = batch.pop("labels")
@@ -98,8 +103,7 @@ def local_round(model: nn.Module, optimizer: torch.optim.Optimizer, make_batch: 
         optimizer.zero_grad(set_to_none=True)
         for group in groups(n_clients, per_forward):
             batch = {key: v.to(device) for key, v in make_batch(k, group).items()}
-            with lora.select(model, group), torch.autocast(
-                    device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            with lora.select(model, group), autocast(device, precision):
                 loss = _group_loss(model, batch, group.stop - group.start)
             loss.sum().backward()
             losses[group] += loss.detach().cpu()

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from tadlora import cli, config, runner
+from tadlora import checkpoint, cli, config, runner
 from tadlora.checkpoint import CheckpointError
 from tadlora.config import ConfigError
 from tests.conftest import tiny_run_args
@@ -91,8 +91,7 @@ def test_cli_export_loads_in_peft(tiny_model_dir, tmp_path, capsys):
     cfg = config.load(d / "config.toml")
     base, _ = runner.load_model(cfg, 2)
     ours = runner.stack_adapters(runner.load_model(cfg, 2)[0], cfg).eval()
-    from tadlora.checkpoint import _read
-    lora.load_state(ours, _read(d / "checkpoint")[1])
+    lora.load_state(ours, checkpoint.read(d / "checkpoint")[1])
     ids = torch.randint(1000, 2000, (2, 5))
     with lora.select(ours, slice(2, 3)), torch.no_grad():
         expected = ours(input_ids=ids).logits
