@@ -280,10 +280,10 @@ def _diagnostics(net: Net, fed: simulate.Federation, kinds: frozenset[str], w: n
     post = {k: {name: mix_held(w, range(net.n), [x], bad)[0] if k in kinds else x
                 for name, x in ps.items()} for k, ps in pre.items()}
     wu = torch.as_tensor(renormalised(w, bad))
+    done = simulate.applied_to_factors(torch.as_tensor(gossip.applied(w, bad)), kinds)
     values = {"consensus_A": gossip.consensus_distance(post["A"]),
               "consensus_B": gossip.consensus_distance(post["B"]),
-              "cross_term_error": gossip.cross_term_error(pre["A"], pre["B"], post["A"],
-                                                          post["B"], wu)}
+              "cross_term_error": gossip.cross_term_error(pre["A"], pre["B"], wu, *done)}
     return {k: (v if np.isfinite(v) else None) for k, v in values.items()}
 
 

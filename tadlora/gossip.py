@@ -35,30 +35,41 @@ def _chunk(n: int, d_out: int, width: int, budget: int = 1 << 22) -> int:
     return max(1, budget // (d_out * max(width, 1)))
 
 
-def cross_term_error(a0: dict[str, torch.Tensor], b0: dict[str, torch.Tensor],
-                     a1: dict[str, torch.Tensor], b1: dict[str, torch.Tensor],
-                     w: torch.Tensor) -> float:
-    """Mean over clients and layers of ||B1_i A1_i - sum_j W_ij B0_j A0_j||_F / ||sum_j W_ij
-    B0_j A0_j||_F: how far the factors after gossip (a1, b1) are from averaging the products
-    (a0, b0: before gossip). For methods that mix both factors, B1_i A1_i is exactly
-    (mixed B)(mixed A), so this is the topology-induced cross-term error. Clients whose mixed
-    product is zero (B = 0 at the start) are left out; 0.0 if nothing is left. Computed in
-    chunks of clients, so its memory does not grow with the number of clients."""
+def cross_term_error(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], w: torch.Tensor,
+                     w_a: torch.Tensor, w_b: torch.Tensor) -> float:
+    """Mean over clients and layers of ||B'_i A'_i - sum_j W_ij B_j A_j||_F / ||sum_j W_ij
+    B_j A_j||_F, where a, b are the factors before gossip, gossip will apply w_a to A and w_b
+    to B (W for a mixed factor, the identity for a kept one: A' = w_a A, B' = w_b B) and w is
+    the method's mixing matrix. For methods that mix both factors this is the topology-induced
+    cross-term error. Computed before mixing (no copy of the factors) and in chunks of
+    clients, so its memory does not grow with the number of clients. Clients whose mixed
+    product is zero (B = 0 at the start) are left out; 0.0 if nothing is left."""
     errors = []
     with torch.no_grad():
-        for name in a0:
-            a, b = a0[name].float(), b0[name].float()  # (n, r, d_in), (n, d_out, r)
-            w_ = w.to(a.device, torch.float32)
-            n, d_out, r = b.shape
-            step = _chunk(n, d_out, max(a.shape[2], n * r))
+        for name in a:
+            x, y = a[name].float(), b[name].float()  # (n, r, d_in), (n, d_out, r)
+            w_, wa, wb = (m.to(x.device, torch.float32) for m in (w, w_a, w_b))
+            n, d_out, r = y.shape
+            step = _chunk(n, d_out, max(x.shape[2], n * r))
             for i in range(0, n, step):
-                ideal = _mixed_products(w_[i:i + step], b, a)  # (c, d_out, d_in)
-                actual = torch.bmm(b1[name][i:i + step].float(), a1[name][i:i + step].float())
+                ideal = _mixed_products(w_[i:i + step], y, x)  # (c, d_out, d_in)
+                mixed_b = torch.einsum("ij,jor->ior", wb[i:i + step], y)
+                mixed_a = torch.einsum("ij,jrd->ird", wa[i:i + step], x)
+                actual = torch.bmm(mixed_b, mixed_a)
                 norm = ideal.flatten(1).norm(dim=1)
                 keep = norm > 0
                 errors.append((actual - ideal).flatten(1).norm(dim=1)[keep] / norm[keep])
     errors = torch.cat(errors) if errors else torch.zeros(0)
     return errors.mean().item() if errors.numel() else 0.0
+
+
+def applied(w: np.ndarray, excluded: set[int] | dict[int, str]) -> np.ndarray:
+    """The matrix `mix_held` applies: `renormalised` W, with a row left with no weight
+    replaced by the identity's (that client keeps its own value)."""
+    w = renormalised(w, excluded).copy()
+    alone = w.sum(axis=1) == 0
+    w[alone, alone] = 1.0
+    return w
 
 
 def bytes_sent(w: np.ndarray, tensors: dict[str, torch.Tensor]) -> list[int]:

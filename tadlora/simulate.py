@@ -74,18 +74,23 @@ def local_training(fed: Federation, t: int) -> np.ndarray:
 def mix_and_measure(model: nn.Module, policy: Joint, w_graph: np.ndarray, t: int) -> dict:
     """Mix the round's factors with the method's weights; consensus, cross-term error, bytes."""
     fac = lora.factors(model)
-    tensors = {f"{k}/{n}": p for k in mixed_kinds(policy, t) for n, p in fac[k].items()}
-    w = policy.weights(w_graph) if tensors else np.eye(len(w_graph))  # nothing mixed: W = I
-    a0 = {n: p.detach().clone() for n, p in fac["A"].items()}
-    b0 = {n: p.detach().clone() for n, p in fac["B"].items()}
-    gossip.mix(tensors, torch.as_tensor(w))
+    kinds = mixed_kinds(policy, t)
+    tensors = {f"{k}/{n}": p for k in kinds for n, p in fac[k].items()}
+    w = torch.as_tensor(policy.weights(w_graph) if tensors else np.eye(len(w_graph)))
+    cross = gossip.cross_term_error(fac["A"], fac["B"], w, *applied_to_factors(w, kinds))
+    gossip.mix(tensors, w)
     return {
         "consensus_A": gossip.consensus_distance(fac["A"]),
         "consensus_B": gossip.consensus_distance(fac["B"]),
-        "cross_term_error": gossip.cross_term_error(a0, b0, fac["A"], fac["B"],
-                                                    torch.as_tensor(w)),
-        "bytes_sent": gossip.bytes_sent(w, tensors),
+        "cross_term_error": cross,
+        "bytes_sent": gossip.bytes_sent(w.numpy(), tensors),
     }
+
+
+def applied_to_factors(w: torch.Tensor, kinds: frozenset[str]) -> tuple[torch.Tensor, ...]:
+    """The matrices gossip applies to A and to B: w for a mixed factor, else the identity."""
+    eye = torch.eye(len(w), dtype=w.dtype)
+    return tuple(w if k in kinds else eye for k in ("A", "B"))
 
 
 def run_round(fed: Federation, t: int) -> dict:

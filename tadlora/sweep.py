@@ -251,8 +251,23 @@ def _status(directory: Path, cfg: Config) -> tuple[str, str]:
     return ("resume", "") if 0 < saved < cfg.run.rounds else ("new", "")
 
 
-def plan(sweep: Sweep, overrides: list[str] = ()) -> list[Job]:
-    """One Job per run: its directory, its overrides and what to do with it."""
+def _selected(cfg: Config, base: Path | None, overrides: list[str], only: list[str]) -> bool:
+    """Whether the run matches every `section.key=v1,v2,...` of `only` (one of the values):
+    setting the key to that value leaves its config as it is."""
+    for spec in only:
+        key, sep, values = spec.partition("=")
+        if not sep:
+            raise ConfigError(f"--only {spec!r} must look like section.key=value[,value...], "
+                              "e.g. --only run.seed=0,1")
+        if not any(config.load(base, [*overrides, f"{key}={v}"]) == cfg
+                   for v in values.split(",")):
+            return False
+    return True
+
+
+def plan(sweep: Sweep, overrides: list[str] = (), only: list[str] = ()) -> list[Job]:
+    """One Job per run (those matching `only`): its directory, its overrides and what to do
+    with it."""
     out, extra = sweep.out_dir, []
     for item in overrides:
         key = item.partition("=")[0]
@@ -267,6 +282,8 @@ def plan(sweep: Sweep, overrides: list[str] = ()) -> list[Job]:
         full = [*ovr, *extra, f"run.out_dir={_toml(str(out))}", f"run.name={_toml(name)}",
                 "run.progress=false"]
         cfg = config.load(sweep.base, full)
+        if not _selected(cfg, sweep.base, full, only):
+            continue
         action, note = _status(out / name, cfg)
         resume = tuple(f"run.{k}={_toml(getattr(cfg.run, k))}" for k in RESUME_KEYS)
         jobs.append(Job(name, out / name, full, action, note, resume))
@@ -345,15 +362,17 @@ def _record(job: Job, error: str | None, counts: dict[str, int], bar) -> None:
     bar.update()
 
 
-def run_sweep(sweep: Sweep, jobs: int = 1, overrides: list[str] = ()) -> dict[str, int]:
-    """Run what is left of the sweep; jobs > 1 runs that many subprocesses at a time.
+def run_sweep(sweep: Sweep, jobs: int = 1, overrides: list[str] = (),
+              only: list[str] = ()) -> dict[str, int]:
+    """Run what is left of the sweep (of its runs matching `only`, see plan); jobs > 1 runs
+    that many subprocesses at a time.
 
     Returns counts: total, done (this time, resumed included), resumed, skipped (finished
     before), failed (this time, and run dirs whose config no longer matches the sweep).
     """
     from tqdm import tqdm
 
-    todo = plan(sweep, overrides)
+    todo = plan(sweep, overrides, only)
     counts = {"total": len(todo), "done": 0, "resumed": 0, "skipped": 0, "failed": 0}
     bar = tqdm(total=len(todo), desc=f"sweep {sweep.name}", unit="run")
     with bar:
@@ -387,40 +406,46 @@ def _options(parser: argparse.ArgumentParser, default: int | None) -> None:
     parser.add_argument("--jobs", type=int, default=default,
                         help="runs at a time, as subprocesses when > 1 (default 1, in-process)")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and their state")
+    parser.add_argument("--only", action="append", metavar="KEY=V[,V...]",
+                        help="only the runs whose section.key is one of the values (repeat "
+                             "for several keys), e.g. --only run.seed=0 --only method.name=lora,tad")
 
 
-def _arguments(ns: argparse.Namespace) -> tuple[int, bool, list[str]]:
+def _arguments(ns: argparse.Namespace) -> tuple[int, bool, list[str], list[str]]:
     """Options may come before or after SWEEP_FILE and between overrides: argparse's nargs='*'
     cannot take overrides after an option, so what follows the file is parsed here."""
     inner = argparse.ArgumentParser(prog="tadlora sweep SWEEP_FILE")
     _options(inner, None)
     inner.add_argument("overrides", nargs="*")
     rest = inner.parse_intermixed_args(ns.rest)
-    return rest.jobs or ns.jobs or 1, rest.dry_run or ns.dry_run, rest.overrides
+    only = [*(ns.only or []), *(rest.only or [])]
+    return rest.jobs or ns.jobs or 1, rest.dry_run or ns.dry_run, rest.overrides, only
 
 
 def cmd_sweep(ns: argparse.Namespace) -> int:
-    jobs, dry_run, overrides = _arguments(ns)
+    jobs, dry_run, overrides, only = _arguments(ns)
     sweep = load_sweep(ns.sweep_file)
     if dry_run:
-        planned = plan(sweep, overrides)
+        planned = plan(sweep, overrides, only)
         for job in planned:
             print(f"{job.action:<6} {job.directory}" + (f"  ({job.note})" if job.note else ""))
         actions = [j.action for j in planned]
         print(f"{len(planned)} runs: " + ", ".join(f"{actions.count(a)} {a}" for a in
                                                     ("new", "resume", "skip", "stale")))
         return 0
-    c = run_sweep(sweep, jobs, overrides)
+    c = run_sweep(sweep, jobs, overrides, only)
     print(f"sweep {sweep.name}: {c['total']} runs: {c['done']} done ({c['resumed']} resumed), "
           f"{c['skipped']} already finished, {c['failed']} failed")
     return 1 if c["failed"] else 0
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register `tadlora sweep SWEEP_FILE [--jobs N] [--dry-run] [section.key=value ...]`."""
+    """Register `tadlora sweep SWEEP_FILE [--jobs N] [--only KEY=V[,V...]] [--dry-run]
+    [section.key=value ...]`."""
     s = subparsers.add_parser(
         "sweep", help="run a grid of runs from a sweep file (resumable)",
-        usage="tadlora sweep SWEEP_FILE [--jobs N] [--dry-run] [section.key=value ...]",
+        usage="tadlora sweep SWEEP_FILE [--jobs N] [--only KEY=V[,V...]] [--dry-run] "
+              "[section.key=value ...]",
         description="Runs every run of the sweep file that is not finished yet. Overrides apply "
                     "to every run; run.out_dir=DIR moves the whole sweep. Exit status 1 when "
                     "a run failed.")

@@ -30,28 +30,51 @@ def test_consensus_distance_value():
     assert abs(gossip.consensus_distance(x) - 1.0) < 1e-9  # sqrt((1 + 1) / 2)
 
 
+def _manual_cross_term(a, b, w, w_a, w_b):
+    """The definition, with every product formed: mean_i ||B'_i A'_i - sum_j W_ij B_j A_j||
+    / ||sum_j W_ij B_j A_j|| with A' = w_a A, B' = w_b B."""
+    a1 = torch.einsum("ij,jrd->ird", w_a.float(), a)
+    b1 = torch.einsum("ij,jor->ior", w_b.float(), b)
+    ideal = torch.einsum("ij,jod->iod", w.float(), torch.bmm(b, a))
+    return ((torch.bmm(b1, a1) - ideal).flatten(1).norm(dim=1)
+            / ideal.flatten(1).norm(dim=1)).mean().item()
+
+
 def test_cross_term_error_zero_when_a_agrees_and_positive_otherwise():
     a, b = stacked()
     w = torch.as_tensor(topology.metropolis_hastings(topology.complete(4, 0, 0)))
     a_same = {"l": a["l"][:1].expand(4, -1, -1).clone()}
-    a1, b1 = {"l": a_same["l"].clone()}, {"l": b["l"].clone()}
-    gossip.mix(a1, w)
-    gossip.mix(b1, w)
-    assert gossip.cross_term_error(a_same, b, a1, b1, w) < 1e-6
-    a1, b1 = {"l": a["l"].clone()}, {"l": b["l"].clone()}
-    gossip.mix(a1, w)
-    gossip.mix(b1, w)
-    err = gossip.cross_term_error(a, b, a1, b1, w)
-    ideal = torch.einsum("ij,jod->iod", w.float(), torch.bmm(b["l"], a["l"]))
-    manual = ((torch.bmm(b1["l"], a1["l"]) - ideal).flatten(1).norm(dim=1)
-              / ideal.flatten(1).norm(dim=1)).mean().item()
-    assert err > 0.1 and abs(err - manual) < 1e-6
+    assert gossip.cross_term_error(a_same, b, w, w, w) < 1e-6
+    err = gossip.cross_term_error(a, b, w, w, w)
+    assert err > 0.1 and abs(err - _manual_cross_term(a["l"], b["l"], w, w, w)) < 1e-6
+
+
+def test_cross_term_error_of_one_mixed_factor_matches_the_definition():
+    a, b = stacked(n=5, seed=1)
+    w = torch.as_tensor(topology.metropolis_hastings(topology.erdos_renyi(5, 0, 0, 0.7)))
+    eye = torch.eye(5, dtype=w.dtype)
+    for w_a, w_b in ((w, eye), (eye, w)):
+        err = gossip.cross_term_error(a, b, w, w_a, w_b)
+        assert err > 0.05 and abs(err - _manual_cross_term(a["l"], b["l"], w, w_a, w_b)) < 1e-6
+    # one factor shared by all clients: mixing the other alone is exact
+    a_same = {"l": a["l"][:1].expand(5, -1, -1).clone()}
+    assert gossip.cross_term_error(a_same, b, w, eye, w) < 1e-6
 
 
 def test_cross_term_error_skips_zero_products():
     a, b = stacked()
     zero = {"l": torch.zeros_like(b["l"])}
-    assert gossip.cross_term_error(a, zero, a, zero, torch.eye(4)) == 0.0
+    eye = torch.eye(4)
+    assert gossip.cross_term_error(a, zero, eye, eye, eye) == 0.0
+
+
+def test_applied_matrix_keeps_a_client_left_with_no_weight():
+    w = np.array([[0.5, 0.5, 0.0], [0.5, 0.5, 0.0], [0.0, 0.5, 0.5]])
+    got = gossip.applied(w, {1, 2})  # client 2 hears only from excluded clients
+    assert np.allclose(got, [[1.0, 0, 0], [1.0, 0, 0], [0, 0, 1.0]])
+    x = torch.arange(6.0).view(3, 2)
+    held = gossip.mix_held(w, range(3), [x], {1, 2})[0]
+    assert torch.allclose(held, torch.as_tensor(got, dtype=x.dtype) @ x)
 
 
 def test_bytes_sent_counts_neighbours_times_slice_bytes():
@@ -64,9 +87,9 @@ def test_bytes_sent_counts_neighbours_times_slice_bytes():
 
 def test_cross_term_error_in_client_chunks_equals_all_at_once(monkeypatch):
     a, b = stacked(n=7)
-    g = torch.Generator().manual_seed(3)
-    a1, b1 = {"l": torch.randn(7, 2, 5, generator=g)}, {"l": torch.randn(7, 3, 2, generator=g)}
     w = torch.as_tensor(topology.metropolis_hastings(topology.erdos_renyi(7, 0, 0, 0.6)))
-    whole = gossip.cross_term_error(a, b, a1, b1, w)
+    eye = torch.eye(7, dtype=w.dtype)
+    whole = gossip.cross_term_error(a, b, w, w, eye)
     monkeypatch.setattr(gossip, "_chunk", lambda *args, **kw: 2)
-    assert abs(gossip.cross_term_error(a, b, a1, b1, w) - whole) < 1e-6
+    assert abs(gossip.cross_term_error(a, b, w, w, eye) - whole) < 1e-6
+    assert abs(whole - _manual_cross_term(a["l"], b["l"], w, w, eye)) < 1e-6
