@@ -23,6 +23,7 @@ import numpy as np
 from . import config
 from .config import ConfigError
 from .sweep import task_label
+from .topology import DEFAULT_C, switch_interval
 
 METHOD_ORDER = ("lora", "ffa", "rolora", "adf", "tad", "local", "fedavg")
 REFERENCES = ("local", "fedavg")  # no graph involved: one run stands for every connectivity
@@ -195,7 +196,8 @@ def best_t(rows: list[dict], task: str) -> list[dict]:
         rho = float(np.mean([rho_of(r) for r in here]))
         auto = sorted({r["T"] for r in here if r["si"] == "auto"})
         out.append({"connectivity": conn, "rho": rho, "x": 1 / math.sqrt(1 - rho),
-                    "best": best, "stats": st, "group": group, "auto": auto})
+                    "best": best, "stats": st, "group": group, "auto": auto,
+                    "default": switch_interval(rho, DEFAULT_C)})
     return out
 
 
@@ -250,13 +252,16 @@ def t_table(found: list[dict]) -> list[str]:
     c = fit_c([f["best"] for f in found], [f["rho"] for f in found])
     body = [[f["connectivity"], f"{f['rho']:.3f}", f"{f['x']:.2f}", str(f["best"]),
              _pct(f["stats"][f["best"]]), ", ".join(map(str, f["group"])),
-             ", ".join(map(str, f["auto"])) or "-", str(max(1, round(c * f["x"])))]
+             ", ".join(map(str, f["auto"])) or "-",
+             f"{f['default']} ({'in' if f['default'] in f['group'] else 'outside'})",
+             str(max(1, round(c * f["x"])))]
             for f in found]
     return ["Best switching interval of tad per connectivity (best group: T whose mean is "
             "within one std of the best T's mean; auto T: the T that runs with "
             "switch_interval=auto used):", "",
             *_table(["connectivity", "rho", "1/sqrt(1-rho)", "best T", "accuracy at best T",
-                     "best group", "auto T (runs)", "auto T with the fitted c"], body),
+                     "best group", "auto T (runs)", f"auto T (default c = {DEFAULT_C:g})",
+                     "auto T with the fitted c"], body),
             f"Least-squares fit of T_best ≈ c / sqrt(1 - rho) over {len(found)} "
             f"connectivities: **c = {c:.3f}**.", ""]
 

@@ -135,6 +135,11 @@ def test_best_t_table_and_fit_from_a_t_sweep(tmp_path):
     c = report.fit_c([1, 3, 5], [f["rho"] for f in found])
     text = report.write_report(root, tmp_path / "rep").read_text()
     assert f"**c = {c:.3f}**" in text and "| tad T=auto |" in text
+    defaults = [topology.switch_interval(f["rho"], topology.DEFAULT_C) for f in found]
+    assert [f["default"] for f in found] == defaults
+    for f in found:  # the default c's T, and whether it is in the best group
+        where = "in" if f["default"] in f["group"] else "outside"
+        assert f"| {f['default']} ({where}) |" in text
     assert (tmp_path / "rep" / "acc_vs_T__rotten_tomatoes.png").stat().st_size > 1000
 
 
