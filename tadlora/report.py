@@ -22,7 +22,7 @@ import numpy as np
 
 from . import config
 from .config import ConfigError
-from .sweep import task_label
+from .sweep_file import task_label
 from .topology import DEFAULT_C, switch_interval
 
 METHOD_ORDER = ("lora", "ffa", "rolora", "adf", "tad", "local", "fedavg")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .report import REFERENCES, _conn_order, _order, best_rows, stats
-from .sweep import topology_slug
+from .sweep_file import topology_slug
 
 
 def _pyplot():

@@ -1,6 +1,6 @@
 import numpy as np
-import torch
 import pytest
+import torch
 
 from tadlora import methods
 from tadlora.simulate import mixed_kinds, trained_kinds

@@ -7,6 +7,7 @@ import pytest
 
 from tadlora import config, runner, sweep
 from tadlora.config import ConfigError
+from tadlora.sweep_file import load_sweep
 from tests.conftest import tiny_run_args
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,7 +61,7 @@ train = {lr = 5e-3}
 
 def test_grid_expansion_names_and_includes(tmp_path):
     write(tmp_path / "base.toml", "[train]\nweight_decay = 0.5\n")
-    s = sweep.load_sweep(write(tmp_path / "g.toml", GRID))
+    s = load_sweep(write(tmp_path / "g.toml", GRID))
     assert s.name == "g" and s.out_dir == Path("out/g") and s.base == tmp_path / "base.toml"
     names = [n for n, _ in s.runs]
     # 2 x 2 x 2 x 2 grid, ring: 2 methods x 2 seeds x 2 T, references: 2 x 2 p x 2 seeds
@@ -76,25 +77,25 @@ def test_grid_expansion_names_and_includes(tmp_path):
 
 def test_duplicates_dropped_and_bad_sweeps_rejected(tmp_path):
     dup = '[sweep]\nname="d"\n[grid]\n"run.seed"=[0, 1]\n[[include]]\n"run.seed"=1\n'
-    assert [n for n, _ in sweep.load_sweep(write(tmp_path / "d.toml", dup)).runs] == ["s0", "s1"]
+    assert [n for n, _ in load_sweep(write(tmp_path / "d.toml", dup)).runs] == ["s0", "s1"]
     one = '[sweep]\nname="o"\n[base]\n"run.seed"=3\n'
-    assert [n for n, _ in sweep.load_sweep(write(tmp_path / "o.toml", one)).runs] == ["run"]
+    assert [n for n, _ in load_sweep(write(tmp_path / "o.toml", one)).runs] == ["run"]
     ring = ('[sweep]\nname="r"\n[grid]\n"topology.p"=[0.5, 0.1]\n'
             '[[include]]\n"topology.kind"="ring"\n')
     with pytest.raises(ConfigError, match="both be named 'ring'.*topology.p"):
-        sweep.load_sweep(write(tmp_path / "r.toml", ring))
+        load_sweep(write(tmp_path / "r.toml", ring))
     with pytest.raises(ConfigError, match="non-empty lists"):
-        sweep.load_sweep(write(tmp_path / "b.toml", '[sweep]\nname="b"\n[grid]\n"run.seed"=1\n'))
+        load_sweep(write(tmp_path / "b.toml", '[sweep]\nname="b"\n[grid]\n"run.seed"=1\n'))
     with pytest.raises(ConfigError, match="unknown config key train.x"):
-        sweep.load_sweep(write(tmp_path / "k.toml", '[sweep]\nname="k"\n[grid]\n"train.x"=[1]\n'))
+        load_sweep(write(tmp_path / "k.toml", '[sweep]\nname="k"\n[grid]\n"train.x"=[1]\n'))
     with pytest.raises(ConfigError, match=r"needs \[sweep\] name"):
-        sweep.load_sweep(write(tmp_path / "n.toml", '[grid]\n"run.seed"=[1]\n'))
+        load_sweep(write(tmp_path / "n.toml", '[grid]\n"run.seed"=[1]\n'))
 
 
 def test_only_selects_a_piece_of_the_grid(tmp_path, capsys):
     write(tmp_path / "base.toml", "")
     f = write(tmp_path / "g.toml", GRID)
-    s = sweep.load_sweep(f)
+    s = load_sweep(f)
     names = [j.name for j in sweep.plan(s, only=["run.seed=1", "method.name=tad,fedavg"])]
     assert names == ["tad__er-p0.5__T3__s1", "tad__er-p0.5__T5__s1", "tad__er-p0.1__T3__s1",
                      "tad__er-p0.1__T5__s1", "tad__ring__T3__s1", "tad__ring__T5__s1",
@@ -114,9 +115,9 @@ def test_only_selects_a_piece_of_the_grid(tmp_path, capsys):
 def test_shipped_sweep_files_load():
     sizes = {"smoke": 4, "study_rt": 74, "study_mnli": 42, "t_sweep": 45}
     for name, size in sizes.items():
-        s = sweep.load_sweep(REPO / "sweeps" / f"{name}.toml")
+        s = load_sweep(REPO / "sweeps" / f"{name}.toml")
         assert (s.name, len(s.runs)) == (name, size)
-    mnli = sweep.load_sweep(REPO / "sweeps" / "study_mnli.toml")
+    mnli = load_sweep(REPO / "sweeps" / "study_mnli.toml")
     cfg = config.load(None, mnli.runs[0][1])
     assert cfg.data.source == "files" and cfg.data.max_length == 128
     assert sweep.RESUME_KEYS == tuple(sorted(runner.RESUMABLE_KEYS))
@@ -136,7 +137,7 @@ def fake_run_dir(d: Path, cfg: config.Config, saved_round: int | None, finished:
 
 
 def test_plan_classifies_run_directories(tmp_path):
-    s = sweep.load_sweep(write(tmp_path / "s.toml", '[sweep]\nname="s"\n[base]\n"run.rounds"=4\n'
+    s = load_sweep(write(tmp_path / "s.toml", '[sweep]\nname="s"\n[base]\n"run.rounds"=4\n'
                                '[grid]\n"run.seed"=[0, 1, 2, 3, 4, 5]\n'))
     out = tmp_path / "out"
     cfgs = {j.name: config.load(None, j.overrides) for j in sweep.plan(s, [f"run.out_dir={out}"])}
@@ -163,7 +164,7 @@ def test_plan_classifies_run_directories(tmp_path):
 
 
 def test_sweep_runs_skips_isolates_failure_and_resumes(tiny_model_dir, tmp_path, monkeypatch):
-    s = sweep.load_sweep(REPO / "sweeps" / "smoke.toml")
+    s = load_sweep(REPO / "sweeps" / "smoke.toml")
     over = tiny_overrides(tiny_model_dir, tmp_path / "runs")
     real_round = runner.run_round
 
