@@ -205,7 +205,11 @@ def best_t(rows: list[dict], task: str) -> list[dict]:
 
 
 def _pct(s: tuple[float, float, int] | None, mark: str = "") -> str:
-    return "" if s is None else f"{100 * s[0]:.2f} ± {100 * s[1]:.2f} ({s[2]}){mark}"
+    """mean ± std (seeds); one seed has no spread to show."""
+    if s is None:
+        return ""
+    spread = f" ± {100 * s[1]:.2f}" if s[2] > 1 else ""
+    return f"{100 * s[0]:.2f}{spread} ({s[2]}){mark}"
 
 
 def _table(header: list[str], body: list[list[str]]) -> list[str]:

@@ -150,3 +150,9 @@ def test_cli(study, tmp_path, capsys):
     assert ns.func(ns) == 0
     assert (study / "report" / "report.md").is_file()
     assert str(study / "report" / "report.md") in capsys.readouterr().out
+
+
+def test_cell_text_shows_spread_only_over_several_seeds():
+    assert report._pct((0.755, 0.0, 1)) == "75.50 (1)"
+    assert report._pct((0.755, 0.012, 3), " †") == "75.50 ± 1.20 (3) †"
+    assert report._pct(None) == ""
