@@ -37,7 +37,6 @@ import os
 import statistics
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import replace
 
 # OpenMP threads that sleep instead of spinning at barriers: on a shared 2-core machine spinning
@@ -50,10 +49,7 @@ from torch import nn  # noqa: E402
 
 Batch = dict[str, torch.Tensor]
 N_CLIENTS = 10
-
-
-def autocast(precision: str):
-    return torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+CPU = torch.device("cpu")
 
 
 def build(args: argparse.Namespace):
@@ -84,14 +80,14 @@ def peft_model(cfg, num_labels: int) -> tuple[nn.Module, torch.optim.Optimizer]:
 def bare_stacked(model: nn.Module, opt: torch.optim.Optimizer,
                  steps: list[list[tuple[slice, Batch]]], precision: str) -> None:
     """Plain forward / backward / step over the stacked model: no simulator machinery."""
-    from tadlora import lora
+    from tadlora import lora, train
 
     model.train()
     for groups in steps:
         opt.zero_grad(set_to_none=True)
         for g, b in groups:
             rows = b["labels"].shape[0] // (g.stop - g.start)
-            with lora.select(model, g), autocast(precision):
+            with lora.select(model, g), train.autocast(CPU, precision):
                 logits = model(**{k: v for k, v in b.items() if k != "labels"}).logits.float()
             # sum of per-client means (what the simulator optimises), without splitting per client
             (nn.functional.cross_entropy(logits, b["labels"], reduction="sum") / rows).backward()
@@ -101,11 +97,13 @@ def bare_stacked(model: nn.Module, opt: torch.optim.Optimizer,
 def bare_peft(model: nn.Module, opt: torch.optim.Optimizer, steps: list[list[Batch]],
               precision: str) -> None:
     """Plain peft loop: forward / backward / AdamW.step for every client batch."""
+    from tadlora import train
+
     model.train()
     for batches in steps:
         for b in batches:
             opt.zero_grad(set_to_none=True)
-            with autocast(precision):
+            with train.autocast(CPU, precision):
                 logits = model(**{k: v for k, v in b.items() if k != "labels"}).logits.float()
             nn.functional.cross_entropy(logits, b["labels"]).backward()
             opt.step()

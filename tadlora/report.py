@@ -258,7 +258,7 @@ def t_table(found: list[dict]) -> list[str]:
              _pct(f["stats"][f["best"]]), ", ".join(map(str, f["group"])),
              ", ".join(map(str, f["auto"])) or "-",
              f"{f['default']} ({'in' if f['default'] in f['group'] else 'outside'})",
-             str(max(1, round(c * f["x"])))]
+             str(switch_interval(f["rho"], c))]
             for f in found]
     return ["Best switching interval of tad per connectivity (best group: T whose mean is "
             "within one std of the best T's mean; auto T: the T that runs with "
