@@ -12,6 +12,7 @@ A method whose runs used several switching intervals is split into one row per i
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import sys
@@ -53,6 +54,7 @@ def _read_run(d: Path, root: Path) -> dict:
             "kind": t.kind, "p": t.p, "connectivity": connectivity(t.kind, t.p, t.path),
             "finished": summary is not None, "final": summary["mean"] if summary else None,
             "T": (summary or {}).get("switch_interval"), "rho": (summary or {}).get("rho"),
+            "wall": (summary or {}).get("wall_time_s"),
             "evals": [(m["round"] + 1, m["eval"]["mean"]) for m in metrics if "eval" in m],
             "cross": [(m["round"] + 1, m["cross_term_error"]) for m in metrics
                       if m.get("cross_term_error") is not None]}
@@ -201,6 +203,25 @@ def best_t(rows: list[dict], task: str) -> list[dict]:
     return out
 
 
+# ------------------------------------------------------------------ per-run listing
+
+RUN_COLUMNS = ("run", "task", "method", "switch_interval", "T", "lr", "connectivity", "seed",
+               "final_acc", "mean_cross_term_error", "wall_time_s")
+
+
+def write_runs_csv(rows: list[dict], path: Path) -> None:
+    """One line per finished run: what a cell of the tables is made of, for merging runs from
+    several machines or sessions and for one's own analysis."""
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(RUN_COLUMNS)
+        for r in sorted((r for r in rows if r["finished"]), key=lambda r: r["name"]):
+            cross = np.mean([e for _, e in r["cross"]]) if r["cross"] else ""
+            w.writerow([r["name"], r["task"], r["method"], r["si"], r["T"] or "", r["lr"],
+                        r["connectivity"], r["seed"], f"{r['final']:.6f}",
+                        cross if cross == "" else f"{cross:.6f}", r["wall"] or ""])
+
+
 # ------------------------------------------------------------------ markdown
 
 
@@ -279,9 +300,12 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     rows = collect(root)
     done = [r for r in rows if r["finished"]]
+    hours = sum(r["wall"] or 0 for r in done) / 3600
+    write_runs_csv(rows, out / "runs.csv")
     lines = [f"# Report on {root}", "", f"Regenerate: `tadlora report {root} --out {out}`", "",
-             f"{len(done)} finished runs; {len(rows) - len(done)} unfinished runs not counted.",
-             ""]
+             f"{len(done)} finished runs ({hours:.2f} h of run wall time in all); "
+             f"{len(rows) - len(done)} unfinished runs not counted. One line per run: "
+             "[runs.csv](runs.csv).", ""]
     mixed = mixed_settings(rows)
     if mixed:
         lines += [f"**Warning**: seeds of one cell differ in {', '.join(mixed)}.", ""]

@@ -1,4 +1,5 @@
 import argparse
+import csv
 import json
 from pathlib import Path
 
@@ -29,7 +30,8 @@ def fake_run(root: Path, name: str, overrides: list[str], final: float | None,
     if final is not None:
         T = cfg.method.switch_interval if cfg.method.name == "tad" else None
         (d / "summary.json").write_text(json.dumps(
-            {"mean": final, "rho": rho, "switch_interval": 3 if T == "auto" else T}))
+            {"mean": final, "rho": rho, "switch_interval": 3 if T == "auto" else T,
+             "wall_time_s": 60.0}))
     return d
 
 
@@ -85,7 +87,7 @@ def test_lr_is_picked_by_the_mean_over_connectivities(study):
 def test_report_markdown_and_plots(study, tmp_path):
     path = report.write_report(study, tmp_path / "rep")
     text = path.read_text()
-    assert "28 finished runs; 1 unfinished" in text
+    assert "28 finished runs (0.47 h of run wall time in all); 1 unfinished" in text
     mean, std = np.mean(ACC["lora", 0.002, 0.1]), np.std(ACC["lora", 0.002, 0.1], ddof=1)
     assert f"| lora | 0.002 | {100 * np.mean(ACC['lora', 0.002, 0.5]):.2f} ± " in text
     assert f"{100 * mean:.2f} ± {100 * std:.2f} (3)" in text
@@ -103,6 +105,18 @@ def test_report_markdown_and_plots(study, tmp_path):
         data = (tmp_path / "rep" / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
         assert f"]({name})" in text
+
+
+def test_runs_csv_lists_every_finished_run(study, tmp_path):
+    report.write_report(study, tmp_path / "rep")
+    with (tmp_path / "rep" / "runs.csv").open() as f:
+        lines = list(csv.DictReader(f))
+    assert len(lines) == 28 and "sub/unfinished" not in {x["run"] for x in lines}
+    row = next(x for x in lines if x["run"] == "lora_0.002_0.1_1")
+    assert (row["method"], row["connectivity"], row["seed"], row["lr"]) == ("lora", "ER p=0.1",
+                                                                            "1", "0.002")
+    assert float(row["final_acc"]) == 0.71 and float(row["wall_time_s"]) == 60.0
+    assert float(row["mean_cross_term_error"]) == pytest.approx(0.25)  # mean of 0.1 .. 0.4
 
 
 def test_fit_c_on_synthetic_data():
