@@ -2,6 +2,10 @@
 forward, fp32 vs bf16, on CPU or CUDA.
 
     .venv/bin/python benchmarks/bench_throughput.py [--device cuda] [--clients 10] [--steps 10]
+        [--precisions fp32,bf16]
+
+It also prints whether the device computes bf16 natively (train.native_bf16): where it does
+not, bf16 autocast is emulated and slower than fp32, which is why train.precision=auto picks fp32.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import time
 
 import torch
 
-from tadlora import config, runner, simulate
+from tadlora import config, runner, simulate, train
 
 
 def samples_per_second(overrides: list[str], steps: int) -> float:
@@ -39,6 +43,7 @@ def main() -> None:
     ap.add_argument("--model", default="minilm")
     ap.add_argument("--data-path", default="")
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--precisions", default="fp32,bf16")
     args = ap.parse_args()
     base = [f"train.device={args.device}", f"clients.n={args.clients}", f"model.path={args.model}",
             "train.local_steps=2", f"train.batch_size={args.batch_size}", "run.progress=false",
@@ -47,9 +52,11 @@ def main() -> None:
         base.append(f"data.path={args.data_path}")
     cpu = f"CPU x{torch.get_num_threads()} threads"
     name = torch.cuda.get_device_name() if args.device == "cuda" else cpu
-    print(f"device: {name}; {args.clients} clients, batch {args.batch_size}/client, MiniLM-L6")
+    native = train.native_bf16(torch.device(args.device))
+    print(f"device: {name} (native bf16: {native}); {args.clients} clients, batch "
+          f"{args.batch_size}/client, MiniLM-L6")
     print(f"{'precision':>9} {'clients/forward':>15} {'samples/s':>10}")
-    for precision in ["fp32", "bf16"]:
+    for precision in args.precisions.split(","):
         rates = {}
         for per_forward in [1, 0]:
             rates[per_forward] = samples_per_second(

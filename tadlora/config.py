@@ -81,7 +81,8 @@ class Train:
     weight_decay: float = 0.01
     clip_norm: float = 1.0  # per-client gradient norm clip; 0 = off
     optimizer_state: str = "reset_round"  # reset_round | reset_phase | keep
-    precision: str = "bf16"  # bf16 autocast (fp32 factors and optimizer); or fp32
+    precision: str = "auto"  # bf16 autocast (fp32 factors and optimizer) | fp32 | auto: bf16
+    # where the device has native bf16 (train.native_bf16), else fp32
     device: str = "cpu"
     clients_per_forward: int = 0  # clients batched into one forward pass; 0 = all
 
@@ -117,7 +118,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "topology.kind": ("er", "ring", "complete", "pairs", "file"),
     "method.name": ("lora", "ffa", "rolora", "adf", "tad", "local", "fedavg"),
     "train.optimizer_state": ("keep", "reset_phase", "reset_round"),
-    "train.precision": ("fp32", "bf16"),
+    "train.precision": ("auto", "fp32", "bf16"),
     "train.lr_schedule": ("cosine", "constant"),
     "distributed.mode": ("all_gather", "p2p"),
     "distributed.backend": ("auto", "gloo", "nccl"),

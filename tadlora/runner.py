@@ -159,7 +159,7 @@ def build(cfg: Config, clients: range | None = None) -> Experiment:
     pol, rho = policy(cfg)
     fed = Federation(model, train.make_optimizer(model, t.lr, t.weight_decay), pol, mixing(cfg),
                      make_batch, len(clients), cfg.run.seed, t.local_steps, t.clip_norm,
-                     t.precision, dev, t.clients_per_forward, t.optimizer_state, t.lr,
+                     train.resolve_precision(t.precision, dev), dev, t.clients_per_forward, t.optimizer_state, t.lr,
                      t.lr_schedule, cfg.run.rounds)
     return Experiment(cfg, fed, data.encode(val_set, tok, cfg.data.max_length), pad_id,
                       partition.label_counts(train_set.labels, parts), train_set.label_names, rho)
@@ -224,6 +224,7 @@ def summary(exp: Experiment, records: list[dict], wall: float) -> dict:
     cfg = exp.cfg
     return {"method": cfg.method.name, "topology": cfg.topology.kind, "p": cfg.topology.p,
             "rounds": len(records), "switch_interval": exp.fed.policy.interval, "rho": exp.rho,
+            "precision": exp.fed.precision,
             "label_names": exp.label_names, "label_counts": exp.label_counts,
             "wall_time_s": round(wall, 1), **last_eval}
 

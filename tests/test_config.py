@@ -41,7 +41,7 @@ def test_toml_file_then_overrides(tmp_path):
     (["trian.lr=1"], "unknown config section \\[trian\\]; valid: run"),
     (["method.name=foo"], "method.name='foo' is not valid; choose one of lora, ffa, rolora"),
     (["topology.kind=star"], "choose one of er, ring, complete, pairs, file"),
-    (["train.precision=fp16"], "choose one of fp32, bf16"),
+    (["train.precision=fp16"], "choose one of auto, fp32, bf16"),
     (["train.lr=fast"], "train.lr='fast': expected float"),
     (["clients.n=0"], "clients.n=0: must be > 0"),
     (["clients.n=2.5"], "expected int"),

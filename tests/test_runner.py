@@ -1,8 +1,9 @@
 import json
 
 import pytest
+import torch
 
-from tadlora import checkpoint, cli, config, runner
+from tadlora import checkpoint, cli, config, runner, train
 from tadlora.checkpoint import CheckpointError
 from tadlora.config import ConfigError
 from tests.conftest import tiny_run_args
@@ -30,6 +31,7 @@ def test_run_writes_the_run_directory(tiny_model_dir, tmp_path):
     assert json.loads((d / "summary.json").read_text()) == summary
     assert summary["client_acc"] == rows[-1]["eval"]["client_acc"]
     assert len(summary["label_counts"]) == 4 and summary["rho"] is not None
+    assert summary["precision"] == train.resolve_precision("auto", torch.device("cpu"))
     assert (d / "checkpoint" / "adapters.safetensors").exists()
     with pytest.raises(ConfigError, match="already holds a run"):
         runner.run(cfg)

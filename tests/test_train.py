@@ -1,6 +1,7 @@
 import copy
 
 import numpy as np
+import pytest
 import torch
 
 from tadlora import lora, train
@@ -118,3 +119,14 @@ def test_lr_schedules():
     assert abs(train.set_lr(opt, "cosine", 0.1, 5, 10) - 0.05) < 1e-12
     last = train.set_lr(opt, "cosine", 0.1, 9, 10)
     assert 0 < last < 0.003 and opt.param_groups[0]["lr"] == last
+
+
+def test_precision_auto_follows_native_bf16_and_bf16_without_it_warns(monkeypatch):
+    cpu = torch.device("cpu")
+    for native, expected in [(True, "bf16"), (False, "fp32")]:
+        monkeypatch.setattr(train, "native_bf16", lambda device, n=native: n)
+        assert train.resolve_precision("auto", cpu) == expected
+        assert train.resolve_precision("fp32", cpu) == "fp32"
+    with pytest.warns(RuntimeWarning, match="set train.precision=fp32"):
+        assert train.resolve_precision("bf16", cpu) == "bf16"  # kept: the user asked for it
+    assert isinstance(train.native_bf16(cpu), bool)  # the real check runs on this machine
