@@ -217,7 +217,8 @@ def write_runs_csv(rows: list[dict], path: Path) -> None:
         w.writerow(RUN_COLUMNS)
         for r in sorted((r for r in rows if r["finished"]), key=lambda r: r["name"]):
             cross = np.mean([e for _, e in r["cross"]]) if r["cross"] else ""
-            w.writerow([r["name"], r["task"], r["method"], r["si"], r["T"] or "", r["lr"],
+            si = r["si"] if r["T"] is not None else ""  # methods that never switch: blank
+            w.writerow([r["name"], r["task"], r["method"], si, r["T"] or "", r["lr"],
                         r["connectivity"], r["seed"], f"{r['final']:.6f}",
                         cross if cross == "" else f"{cross:.6f}", r["wall"] or ""])
 
