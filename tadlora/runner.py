@@ -157,9 +157,10 @@ def build(cfg: Config, clients: range | None = None) -> Experiment:
         return data.collate(enc, np.searchsorted(mine, idx), pad_id)
 
     pol, rho = policy(cfg)
+    precision = train.resolve_precision(t.precision, dev)
     fed = Federation(model, train.make_optimizer(model, t.lr, t.weight_decay), pol, mixing(cfg),
                      make_batch, len(clients), cfg.run.seed, t.local_steps, t.clip_norm,
-                     train.resolve_precision(t.precision, dev), dev, t.clients_per_forward, t.optimizer_state, t.lr,
+                     precision, dev, t.clients_per_forward, t.optimizer_state, t.lr,
                      t.lr_schedule, cfg.run.rounds)
     return Experiment(cfg, fed, data.encode(val_set, tok, cfg.data.max_length), pad_id,
                       partition.label_counts(train_set.labels, parts), train_set.label_names, rho)
