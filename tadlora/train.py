@@ -82,8 +82,8 @@ def groups(n: int, per_forward: int) -> list[slice]:
 
 def native_bf16(device: torch.device) -> bool:
     """Whether the device computes bf16 in hardware: a CUDA card that supports it, or a CPU with
-    avx512_bf16 or AMX. Elsewhere (e.g. an AVX2-only CPU) bf16 autocast is emulated, and was
-    measured 8x slower than fp32 per matmul."""
+    avx512_bf16 or AMX. Elsewhere (e.g. an AVX2-only CPU) bf16 autocast is emulated: training
+    measured 18x slower than fp32 (benchmarks/bench_throughput.py)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu, private
