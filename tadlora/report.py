@@ -216,11 +216,11 @@ def write_runs_csv(rows: list[dict], path: Path) -> None:
         w = csv.writer(f)
         w.writerow(RUN_COLUMNS)
         for r in sorted((r for r in rows if r["finished"]), key=lambda r: r["name"]):
-            cross = np.mean([e for _, e in r["cross"]]) if r["cross"] else ""
+            cross = f"{np.mean([e for _, e in r['cross']]):.6f}" if r["cross"] else ""
             si = r["si"] if r["T"] is not None else ""  # methods that never switch: blank
             w.writerow([r["name"], r["task"], r["method"], si, r["T"] or "", r["lr"],
-                        r["connectivity"], r["seed"], f"{r['final']:.6f}",
-                        cross if cross == "" else f"{cross:.6f}", r["wall"] or ""])
+                        r["connectivity"], r["seed"], f"{r['final']:.6f}", cross,
+                        r["wall"] or ""])
 
 
 # ------------------------------------------------------------------ markdown

@@ -96,9 +96,10 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "auto":
         return "bf16" if native_bf16(device) else "fp32"
     if precision == "bf16" and not native_bf16(device):
-        warnings.warn("train.precision=bf16 on a device without native bf16 (no avx512_bf16 or "
-                      "AMX on this CPU): bf16 is emulated and several times slower than fp32; "
-                      "set train.precision=fp32 or auto", RuntimeWarning, stacklevel=2)
+        warnings.warn(f"train.precision=bf16 on a {device.type} device without native bf16 (a "
+                      "CPU without avx512_bf16 or AMX, or a CUDA card without bf16): bf16 is "
+                      "emulated and several times slower than fp32; set train.precision=fp32 "
+                      "or auto", RuntimeWarning, stacklevel=2)
     return precision
 
 
