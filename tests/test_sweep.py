@@ -113,7 +113,8 @@ def test_only_selects_a_piece_of_the_grid(tmp_path, capsys):
 
 
 def test_shipped_sweep_files_load():
-    sizes = {"smoke": 4, "study_rt": 70, "study_mnli": 42, "t_sweep": 45}
+    sizes = {"smoke": 4, "study_rt": 70, "study_mnli": 42, "t_sweep": 45,
+             "investigate_rt": 16, "precision_rt": 8}
     for name, size in sizes.items():
         s = load_sweep(REPO / "sweeps" / f"{name}.toml")
         assert (s.name, len(s.runs)) == (name, size)
@@ -123,6 +124,19 @@ def test_shipped_sweep_files_load():
     assert sweep.RESUME_KEYS == tuple(sorted(runner.RESUMABLE_KEYS))
     assert (sweep.CONFIG, sweep.SUMMARY, sweep.CKPT) == (runner.CONFIG, runner.SUMMARY,
                                                            runner.CKPT)
+
+
+def test_precision_rt_is_study_rt_in_fp32():
+    """The matched-seed precision check compares configs equal in everything but precision."""
+    def configs(name: str) -> dict[str, config.Config]:
+        s = load_sweep(REPO / "sweeps" / f"{name}.toml")
+        return {n: config.load(s.base, o) for n, o in s.runs}
+    study = {n.replace("__lr0.005", ""): c for n, c in configs("study_rt").items()}
+    fp32 = configs("precision_rt")
+    for name, cfg in fp32.items():
+        assert cfg.train.precision == "fp32"
+        bf16 = replace(cfg, train=replace(cfg.train, precision="bf16"))
+        assert study[name] == bf16, name
 
 
 def fake_run_dir(d: Path, cfg: config.Config, saved_round: int | None, finished: bool) -> None:
