@@ -6,7 +6,8 @@ and the sample standard deviation (ddof=1) of that score over the seeds of one
 (task, method, connectivity, learning rate). Where several learning rates were run, each
 (task, method) keeps the one with the best score averaged over its connectivities and seeds.
 A method whose runs used several switching intervals is split into one row per interval
-("tad T=3", "tad T=auto"). The best T per connectivity is fitted as T_best ~ c / sqrt(1 - rho).
+("tad T=3", "tad T=auto"). A paired table gives each method's difference to lora on the same
+seeds. The best T per connectivity is fitted as T_best ~ c / sqrt(1 - rho).
 """
 
 from __future__ import annotations
@@ -133,6 +134,23 @@ def best_rows(rows: list[dict]) -> list[dict]:
     """The finished runs at the learning rate picked for their (task, label)."""
     picked = pick_lr(rows)
     return [r for r in rows if r["finished"] and picked[r["task"], r["label"]][0] == r["lr"]]
+
+
+def paired(rows: list[dict], task: str, against: str = "lora") -> dict[tuple[str, str], list]:
+    """(label, connectivity) -> [label's score - `against`'s score] over the seeds both ran, at
+    their picked learning rates. Same seed = same data, initialisation and graphs, so the
+    difference carries less noise than the two cells' means. A (label, connectivity, seed) run
+    more than once (other settings in the same directory) is not paired."""
+    runs = defaultdict(list)
+    for r in best_rows(rows):
+        if r["task"] == task and r["method"] not in REFERENCES:
+            runs[r["label"], r["connectivity"], r["seed"]].append(r["final"])
+    out = defaultdict(list)
+    for (label, conn, seed), finals in sorted(runs.items()):
+        base = runs.get((against, conn, seed), [])
+        if label != against and len(finals) == len(base) == 1:
+            out[label, conn].append(finals[0] - base[0])
+    return dict(out)
 
 
 def mixed_settings(rows: list[dict]) -> list[str]:
@@ -272,6 +290,25 @@ def accuracy_tables(rows: list[dict], task: str) -> list[str]:
     return out
 
 
+def paired_table(rows: list[dict], task: str, against: str = "lora") -> list[str]:
+    diffs = paired(rows, task, against)
+    if not diffs:
+        return []
+    conns = _conn_order([r for r in rows if r["task"] == task and r["finished"]])
+    labels = sorted({label for label, _ in diffs}, key=_order)
+
+    def cell(d: list[float] | None) -> str:
+        if not d:
+            return ""
+        mean, std, n = stats(d)
+        spread = f" ± {100 * std:.2f}" if n > 1 else ""
+        return f"{100 * mean:+.2f}{spread} (n={n}; ahead on {sum(x > 0 for x in d)})"
+    body = [[label, *[cell(diffs.get((label, conn))) for conn in conns]] for label in labels]
+    return [f"Paired against {against}: accuracy minus {against}'s on the same seed (points; "
+            f"mean ± std over the n seeds both ran; on how many seeds it was ahead):", "",
+            *_table(["method", *conns], body)]
+
+
 def t_table(found: list[dict]) -> list[str]:
     if not found:
         return []
@@ -314,7 +351,8 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None) -> Path:
     for task in sorted({r["task"] for r in done}):
         found = best_t(rows, task)
         points += found
-        lines += [f"## {task}", "", *accuracy_tables(rows, task), *t_table(found)]
+        lines += [f"## {task}", "", *accuracy_tables(rows, task),
+                  *paired_table(rows, task), *t_table(found)]
         for plot in plot_task(rows, task, found, out):
             lines += [f"![{plot.stem}]({plot.name})", ""]
     if len({r["task"] for r in done}) > 1 and points:

@@ -171,3 +171,21 @@ def test_cell_text_shows_spread_only_over_several_seeds():
     assert report._pct((0.755, 0.0, 1)) == "75.50 (1)"
     assert report._pct((0.755, 0.012, 3), " †") == "75.50 ± 1.20 (3) †"
     assert report._pct(None) == ""
+
+
+def test_paired_differences_against_lora_match_hand_computation(study, tmp_path):
+    rows = report.collect(study)
+    diffs = report.paired(rows, "rotten_tomatoes")
+    # both picked lr 0.002; tad has no ring runs; the references are not paired
+    assert set(diffs) == {("tad", "ER p=0.5"), ("tad", "ER p=0.1")}
+    assert diffs["tad", "ER p=0.5"] == pytest.approx([0.01, -0.02, -0.05])
+    assert diffs["tad", "ER p=0.1"] == pytest.approx([0.08, 0.06, 0.01])
+    text = report.write_report(study, tmp_path / "rep").read_text()
+    assert "| tad | -2.00 ± 3.00 (n=3; ahead on 1) | +5.00 ± 3.61 (n=3; ahead on 3) |  |" in text
+
+
+def test_a_seed_run_twice_in_other_settings_is_not_paired(study):
+    fake_run(study, "tad_again", ["method.name=tad", "train.lr=0.002", "topology.p=0.1",
+                                  "run.seed=0", "train.local_steps=8"], 0.99)
+    diffs = report.paired(report.collect(study), "rotten_tomatoes")
+    assert diffs["tad", "ER p=0.1"] == pytest.approx([0.06, 0.01])  # seed 0 is ambiguous now
