@@ -244,12 +244,15 @@ def write_runs_csv(rows: list[dict], path: Path) -> None:
 # ------------------------------------------------------------------ markdown
 
 
-def _pct(s: tuple[float, float, int] | None, mark: str = "") -> str:
-    """mean ± std (seeds); one seed has no spread to show."""
-    if s is None:
-        return ""
+def _spread(s: tuple[float, float, int], sign: str = "") -> str:
+    """mean ± std in points; one seed has no spread to show. sign="+": signed mean."""
     spread = f" ± {100 * s[1]:.2f}" if s[2] > 1 else ""
-    return f"{100 * s[0]:.2f}{spread} ({s[2]}){mark}"
+    return f"{100 * s[0]:{sign}.2f}{spread}"
+
+
+def _pct(s: tuple[float, float, int] | None, mark: str = "") -> str:
+    """mean ± std (seeds)."""
+    return "" if s is None else f"{_spread(s)} ({s[2]}){mark}"
 
 
 def _table(header: list[str], body: list[list[str]]) -> list[str]:
@@ -298,11 +301,8 @@ def paired_table(rows: list[dict], task: str, against: str = "lora") -> list[str
     labels = sorted({label for label, _ in diffs}, key=_order)
 
     def cell(d: list[float] | None) -> str:
-        if not d:
-            return ""
-        mean, std, n = stats(d)
-        spread = f" ± {100 * std:.2f}" if n > 1 else ""
-        return f"{100 * mean:+.2f}{spread} (n={n}; ahead on {sum(x > 0 for x in d)})"
+        return f"{_spread(stats(d), '+')} (n={len(d)}; ahead on {sum(x > 0 for x in d)})" \
+            if d else ""
     body = [[label, *[cell(diffs.get((label, conn))) for conn in conns]] for label in labels]
     return [f"Paired against {against}: accuracy minus {against}'s on the same seed (points; "
             f"mean ± std over the n seeds both ran; on how many seeds it was ahead):", "",
