@@ -96,7 +96,7 @@ def cmd_topology(ns: argparse.Namespace) -> None:
 
     cfg = _config(ns.args)
     t = cfg.topology
-    s = topology.topology_stats(t.kind, cfg.clients.n, cfg.run.seed, t.p, t.path or None,
+    s = topology.topology_stats(t.kind, cfg.clients.n, t.p, t.path or None,
                                 cfg.method.c, t.rho_samples)
     print(f"topology {t.kind} (p={t.p}) with {cfg.clients.n} clients, "
           f"{t.rho_samples} Monte Carlo samples")

@@ -184,7 +184,8 @@ _RHO_CACHE: dict[tuple, float] = {}
 
 
 def rho_of(run: dict) -> float:
-    """The run's rho: from its summary, else estimated for its topology (cached)."""
+    """The run's rho: from its summary, else estimated for its topology (cached; the estimate
+    does not depend on the run's seed)."""
     if run["rho"] is not None:
         return float(run["rho"])
     from . import topology
@@ -193,8 +194,7 @@ def rho_of(run: dict) -> float:
     t, n = cfg.topology, cfg.clients.n
     key = (t.kind, n, t.p, t.path, t.rho_samples)
     if key not in _RHO_CACHE:
-        mix = topology.mixing_process(t.kind, n, cfg.run.seed, t.p, t.path or None)
-        _RHO_CACHE[key] = topology.contraction(mix, n, t.rho_samples)
+        _RHO_CACHE[key] = topology.process_rho(t.kind, n, t.p, t.path or None, t.rho_samples)
     return _RHO_CACHE[key]
 
 

@@ -100,9 +100,10 @@ def mixing(cfg: Config):
 def policy(cfg: Config) -> tuple[methods.Joint, float | None]:
     """The method's policy and, when it was needed (switch_interval=auto), the rho it used."""
     rho: list[float] = []
+    t = cfg.topology
 
     def auto() -> int:
-        rho.append(topology.contraction(mixing(cfg), cfg.clients.n, cfg.topology.rho_samples))
+        rho.append(topology.process_rho(t.kind, cfg.clients.n, t.p, t.path or None, t.rho_samples))
         if rho[0] >= 1.0:
             raise ConfigError("method.switch_interval=auto: this topology never mixes (rho = 1); "
                               "give an integer switch interval or a connected graph")

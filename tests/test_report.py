@@ -144,8 +144,7 @@ def test_best_t_table_and_fit_from_a_t_sweep(tmp_path):
     found = report.best_t(rows, "rotten_tomatoes")
     assert [f["best"] for f in found] == [1, 3, 5] and found[0]["auto"] == [3]
     fixed = [r for r in rows if r["p"] == 0.1 and r["si"] != "auto"]
-    mix = topology.mixing_process("er", 10, 0, 0.1)
-    expected = np.mean([0.5] + [topology.contraction(mix, 10, 300)] * len(fixed))
+    expected = np.mean([0.5] + [topology.process_rho("er", 10, 0.1, samples=300)] * len(fixed))
     assert found[1]["rho"] == pytest.approx(expected)  # summary rho where given, else computed
     c = report.fit_c([1, 3, 5], [f["rho"] for f in found])
     text = report.write_report(root, tmp_path / "rep").read_text()

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from tadlora import checkpoint, cli, config, runner, train
+from tadlora import checkpoint, cli, config, runner, topology, train
 from tadlora.checkpoint import CheckpointError
 from tadlora.config import ConfigError
 from tests.conftest import tiny_run_args
@@ -107,3 +107,16 @@ def test_cli_topology(capsys):
     assert cli.main(["topology", "topology.p=0.1", "topology.rho_samples=500"]) == 0
     out = capsys.readouterr().out
     assert "rho" in out and "spectral gap" in out and "mean degree" in out and "auto T" in out
+
+
+def test_auto_interval_is_the_same_for_every_run_seed():
+    # rho belongs to the topology, not to one run's graphs: seeds 0 and 1 used to estimate it on
+    # their own graph streams and at p=0.02 landed on either side of a rounding edge (T = 3 or 4).
+    def auto(seed):
+        cfg = config.load(None, ["method.name=tad", "topology.p=0.02", "topology.rho_samples=200",
+                                 f"run.seed={seed}"])
+        pol, rho = runner.policy(cfg)
+        return pol.interval, rho
+
+    assert auto(0) == auto(1) == auto(7)
+    assert auto(0)[1] == topology.process_rho("er", 10, 0.02, samples=200)

@@ -68,12 +68,12 @@ def test_never_mixing_process_has_rho_one() -> None:
 
 def test_disconnected_graph_has_no_auto_interval(tmp_path: Path) -> None:
     path = _write(tmp_path, "two_parts.txt", "0 1\n2 3\n")
-    stats = tp.topology_stats("file", 4, 0, path=path, samples=2)
+    stats = tp.topology_stats("file", 4, path=path, samples=2)
     assert stats.rho == 1.0 and stats.spectral_gap == 0.0 and stats.auto_interval is None
 
 
 def test_single_client_is_trivially_in_consensus() -> None:
-    assert tp.topology_stats("ring", 1, 0, samples=3).rho == 0.0
+    assert tp.topology_stats("ring", 1, samples=3).rho == 0.0
 
 
 # --- graph generators --------------------------------------------------------------------------
@@ -206,7 +206,7 @@ def test_switch_interval_rejects_bad_arguments() -> None:
 
 
 def test_topology_stats() -> None:
-    stats = tp.topology_stats("ring", N, 0, c=2.0, samples=5)
+    stats = tp.topology_stats("ring", N, c=2.0, samples=5)
     assert stats.rho == pytest.approx(0.7618, abs=1e-3)
     assert stats.spectral_gap == pytest.approx(1 - stats.rho)
     assert stats.mean_degree == 2.0
