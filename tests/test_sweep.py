@@ -113,7 +113,7 @@ def test_only_selects_a_piece_of_the_grid(tmp_path, capsys):
 
 
 def test_shipped_sweep_files_load():
-    sizes = {"smoke": 4, "study_rt": 70, "study_mnli": 42, "t_sweep": 45,
+    sizes = {"smoke": 4, "study_rt": 74, "study_mnli": 42, "t_sweep": 45,
              "investigate_rt": 16, "precision_rt": 8}
     for name, size in sizes.items():
         s = load_sweep(REPO / "sweeps" / f"{name}.toml")
