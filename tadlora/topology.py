@@ -320,8 +320,8 @@ def topology_stats(
     samples: int = 2000,
 ) -> TopologyStats:
     """rho, spectral gap, mean degree and auto switching interval of one topology process
-    (on the graph stream of seed RHO_SEED, like every estimate of rho)."""
-    graph = graph_process(kind, n, RHO_SEED, p, path)
-    rho = contraction(lambda t: metropolis_hastings(graph(t)), n, samples)
+    (all on the graph stream of seed RHO_SEED)."""
+    rho = process_rho(kind, n, p, path, samples)
     interval = switch_interval(rho, c) if rho < 1.0 else None
-    return TopologyStats(rho, spectral_gap(rho), mean_degree(graph, n, samples), interval)
+    degree = mean_degree(graph_process(kind, n, RHO_SEED, p, path), n, samples)
+    return TopologyStats(rho, spectral_gap(rho), degree, interval)
