@@ -1,15 +1,17 @@
-"""Command line: argument parsing and printing only; the work is in runner / topology."""
+"""Command line: argument parsing and printing only; the work is in the library."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from . import __version__, report, sweep
-from .checkpoint import CheckpointError
-from .config import Config, ConfigError, load
+from . import __version__
+from .runs import loop
+from .runs.checkpoint import CheckpointError
+from .runs.config import Config, ConfigError, load
+from .runs.rundir import SUMMARY, RunDir, resumable_config
+from .study import report, sweep
 
 
 def _split(args: list[str]) -> tuple[str | None, list[str]]:
@@ -38,38 +40,36 @@ def results_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def cmd_run(ns: argparse.Namespace) -> None:
-    from . import runner
+def _resume_overrides(args: list[str]) -> list[str]:
+    if args and "=" not in args[0]:
+        raise ConfigError("with --resume the config comes from the run directory; "
+                          "pass only run.* overrides")
+    return args
 
+
+def cmd_run(ns: argparse.Namespace) -> None:
     if ns.resume:
-        if ns.args and "=" not in ns.args[0]:
-            raise ConfigError("with --resume the config comes from the run directory; "
-                              "pass only run.* overrides")
-        directory, summary = runner.resume(ns.resume, ns.args)
+        directory, summary = loop.resume(ns.resume, _resume_overrides(ns.args))
     else:
-        directory, summary = runner.run(_config(ns.args))
+        directory, summary = loop.run(_config(ns.args))
     print(results_table(summary))
     print(f"run directory: {directory}")
 
 
 def _peer_config(ns: argparse.Namespace) -> Config:
-    from . import runner
-
     if not ns.resume:
         return _config(ns.args)
-    if ns.args and "=" not in ns.args[0]:
-        raise ConfigError("with --resume the config comes from the run directory; "
-                          "pass only run.* overrides")
-    return runner.resumable_config(Path(ns.resume), ns.args)
+    return resumable_config(Path(ns.resume), _resume_overrides(ns.args))
 
 
 def cmd_launch(ns: argparse.Namespace) -> int:
-    from .exchange import client_slices
-    from .launch import launch
+    from .engines.exchange import client_slices
+    from .engines.launch import launch
 
     cfg = _peer_config(ns)
     client_slices(cfg.clients.n, ns.peers)  # fails early when there are too few clients
-    out = launch(ns.peers, ns.args, cfg, Path(ns.resume) if ns.resume else None)
+    out = launch(ns.peers, ns.args, cfg.distributed.timeout_s, cfg.run.out_dir,
+                 Path(ns.resume) if ns.resume else None)
     for problem in out.problems:
         print(f"tadlora launch: {problem}", file=sys.stderr)
     if out.code == 3:
@@ -79,50 +79,39 @@ def cmd_launch(ns: argparse.Namespace) -> int:
               file=sys.stderr)
     if out.code:
         return out.code
-    summary = json.loads((out.directory / "summary.json").read_text())
+    summary = RunDir(out.directory).read_json(SUMMARY)
     print(results_table(summary))
     print(f"run directory: {out.directory}")
     return 0
 
 
 def cmd_peer(ns: argparse.Namespace) -> int:
-    from . import peer
+    from .runs import peer
 
     return peer.main(_peer_config(ns), Path(ns.resume) if ns.resume else None)
 
 
 def cmd_topology(ns: argparse.Namespace) -> None:
-    from . import topology
+    from .core import methods, topology
 
     cfg = _config(ns.args)
     t = cfg.topology
-    s = topology.topology_stats(t.kind, cfg.clients.n, t.p, t.path or None,
-                                cfg.method.c, t.rho_samples)
+    s = topology.topology_stats(t.kind, cfg.clients.n, t.p, t.path or None, t.rho_samples)
     print(f"topology {t.kind} (p={t.p}) with {cfg.clients.n} clients, "
           f"{t.rho_samples} Monte Carlo samples")
     print(f"rho            {s.rho:.4f}")
     print(f"spectral gap   {s.spectral_gap:.4f}")
     print(f"mean degree    {s.mean_degree:.3f}")
-    auto = s.auto_interval if s.auto_interval is not None else "none (the graph never mixes)"
+    auto = (methods.switch_interval(s.rho, cfg.method.c) if s.rho < 1.0
+            else "none (the graph never mixes)")
     print(f"auto T (c={cfg.method.c:g})  {auto}")
 
 
 def cmd_export(ns: argparse.Namespace) -> None:
-    from . import checkpoint, lora, runner
+    from .runs.export import export
 
-    directory = Path(ns.run_dir)
-    cfg = load(directory / runner.CONFIG)
-    if not 0 <= ns.client < cfg.clients.n:
-        raise ConfigError(f"--client {ns.client}: the run has clients 0..{cfg.clients.n - 1}")
-    meta, tensors, _ = checkpoint.read(directory / runner.CKPT)
-    labels = json.loads((directory / "clients.json").read_text())["label_names"]
-    model = runner.stack_adapters(runner.load_model(cfg, len(labels))[0], cfg)
-    lora.load_state(model, tensors)
-    m = cfg.model
-    out = lora.export_peft(model, ns.client, ns.out, list(m.target_modules), m.lora_r,
-                           m.lora_alpha, m.lora_dropout, list(m.head_modules),
-                           runner.model_path(m.path))
-    print(f"client {ns.client} after {meta['round']} rounds -> {out} (load with "
+    out, rounds = export(ns.run_dir, ns.client, ns.out)
+    print(f"client {ns.client} after {rounds} rounds -> {out} (load with "
           "peft.PeftModel.from_pretrained)")
 
 

@@ -33,14 +33,14 @@ A run is named from the config values that vary across the sweep, e.g.
 from __future__ import annotations
 
 import itertools
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import config
-from .config import Config, ConfigError, read_toml
+from ..runs import config
+from ..runs.config import Config, ConfigError, read_toml, toml_value
+from .labels import task_label, topology_label
 
 Settings = dict[str, Any]  # "section.key" -> value
 TASK_KEYS = ("data.source", "data.path", "data.task")
@@ -72,16 +72,6 @@ def flat(table: dict, prefix: str = "") -> Settings:
         else:
             out[f"{prefix}{key}"] = value
     return out
-
-
-def toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, str):
-        return json.dumps(v)  # a JSON string is a valid TOML basic string
-    if isinstance(v, list | tuple):
-        return "[" + ", ".join(toml_value(i) for i in v) + "]"
-    return repr(v)
 
 
 def overrides_of(settings: Settings) -> list[str]:
@@ -138,24 +128,11 @@ def load_sweep(path: str | Path) -> Sweep:
 # ------------------------------------------------------------------ run names
 
 
-def task_label(source: str, path: str = "", task: str = "") -> str:
-    """rotten_tomatoes / mnli (basename of a files dir) / sst2 (an hf task)."""
-    if source == "files":
-        return Path(path).name + (f"-{task}" if task else "")
-    return task if source == "hf" else source
-
-
-def topology_slug(kind: str, p: float, path: str = "") -> str:
-    if kind in ("er", "pairs"):
-        return f"{kind}-p{p:g}"
-    return f"file-{Path(path).stem}" if kind == "file" else kind
-
-
 def _segment(field: str, f: Settings) -> str:
     if field == "task":
         text = task_label(f["data.source"], f["data.path"], f["data.task"])
     elif field == "topology":
-        text = topology_slug(f["topology.kind"], f["topology.p"], f["topology.path"])
+        text = topology_label(f["topology.kind"], f["topology.p"], f["topology.path"], slug=True)
     elif field in SEGMENT:
         text = SEGMENT[field].format(f[field])
     else:

@@ -11,20 +11,15 @@ time-varying scheme is a process `round -> W(t)`.
 from __future__ import annotations
 
 import inspect
-import json
-import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
+from .graph_files import from_file
+
 GraphProcess = Callable[[int], np.ndarray]  # round -> adjacency (n, n) bool
 MixingProcess = Callable[[int], np.ndarray]  # round -> W(t) (n, n) float64
-
-# Placeholder until calibrated by our own T sweeps: T = max(1, round(c / sqrt(1 - rho))).
-DEFAULT_C: float = 1.0
 
 # One random stream per graph kind, so two kinds with the same seed draw independent graphs.
 _ER_STREAM = 1
@@ -78,105 +73,6 @@ def pairs(n: int, seed: int, round: int, p: float = 1.0) -> np.ndarray:
     return adj | adj.T
 
 
-# --- graph files -------------------------------------------------------------------------------
-
-Edge = tuple[int, int, str]  # (i, j, where in the file)
-
-
-def from_file(path: str | Path | None) -> np.ndarray:
-    """Static graph from a user file, in one of two formats.
-
-    JSON (the text starts with "{"): `{"n": 4, "edges": [[0, 1], [1, 2]]}`.
-    Edge list: one "i j" pair of 0-based node indices per line; '#' starts a comment; blank lines
-    are ignored; an optional first line "n 10" gives the number of nodes.
-    In both formats n is optional and defaults to 1 + the largest index (give it to have isolated
-    nodes at the end). Edges are undirected; duplicates (also "j i" after "i j") are merged.
-    Raises ValueError naming the file, the line (or edge) and what to fix on a missing file,
-    a malformed line, a self-loop or an index out of range.
-    """
-    if path is None:
-        raise ValueError("graph kind 'file' needs a path to a graph file")
-    if not Path(path).is_file():
-        raise ValueError(f"graph file {path} does not exist (or is not a file)")
-    text = Path(path).read_text(encoding="utf-8")
-    parse = _parse_json if text.lstrip().startswith("{") else _parse_edge_list
-    n, edges = parse(text, str(path))
-    return _edges_to_adjacency(edges, n, str(path))
-
-
-def _parse_json(text: str, path: str) -> tuple[int | None, list[Edge]]:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ValueError(
-            f"graph file {path}: invalid JSON at line {err.lineno}: {err.msg}"
-        ) from err
-    unknown = set(data) - {"n", "edges"}
-    if unknown or not isinstance(data.get("edges"), list):
-        raise ValueError(
-            f'graph file {path}: expected {{"n": <int>, "edges": [[i, j], ...]}}, '
-            f"got keys {sorted(data)}"
-        )
-    n = data.get("n")
-    if n is not None and not _is_int(n):
-        raise ValueError(f'graph file {path}: "n" must be an integer, got {n!r}')
-    edges = []
-    for k, e in enumerate(data["edges"]):
-        if not (isinstance(e, list) and len(e) == 2 and all(_is_int(v) for v in e)):
-            raise ValueError(f"graph file {path}, edges[{k}]: expected [i, j] integers, got {e!r}")
-        edges.append((e[0], e[1], f"edges[{k}]"))
-    return n, edges
-
-
-def _parse_edge_list(text: str, path: str) -> tuple[int | None, list[Edge]]:
-    n, edges = None, []
-    for lineno, raw in enumerate(text.splitlines(), start=1):
-        tokens = raw.split("#", 1)[0].split()
-        if not tokens:
-            continue
-        where = f"graph file {path}, line {lineno}"
-        if len(tokens) == 2 and tokens[0] == "n" and tokens[1].isdigit():
-            if n is not None or edges:
-                raise ValueError(f"{where}: the 'n <count>' line must be the first line")
-            n = int(tokens[1])
-        elif len(tokens) == 2 and all(_is_int_token(t) for t in tokens):
-            edges.append((int(tokens[0]), int(tokens[1]), f"line {lineno}"))
-        else:
-            raise ValueError(
-                f"{where}: cannot parse {raw.strip()!r}; expected 'i j' (two node indices), "
-                "'n <count>' as the first line, or a '#' comment"
-            )
-    return n, edges
-
-
-def _edges_to_adjacency(edges: list[Edge], n: int | None, path: str) -> np.ndarray:
-    if n is None:
-        if not edges:
-            raise ValueError(f"graph file {path}: no edges and no n given; cannot tell the size")
-        n = 1 + max(max(i, j) for i, j, _ in edges)
-    if n < 1:
-        raise ValueError(f"graph file {path}: n must be >= 1, got {n}")
-    adj = np.zeros((n, n), dtype=bool)
-    for i, j, where in edges:
-        if i == j:
-            raise ValueError(f"graph file {path}, {where}: self-loop {i}-{j}; remove it")
-        if not (0 <= i < n and 0 <= j < n):
-            raise ValueError(
-                f"graph file {path}, {where}: edge {i}-{j} is out of range; "
-                f"with n = {n} node indices must be in 0..{n - 1}"
-            )
-        adj[i, j] = adj[j, i] = True  # duplicates merge here
-    return adj
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_int_token(token: str) -> bool:
-    return re.fullmatch(r"-?\d+", token) is not None
-
-
 # --- processes ---------------------------------------------------------------------------------
 
 GRAPHS: dict[str, Callable[..., np.ndarray]] = {
@@ -188,6 +84,13 @@ GRAPHS: dict[str, Callable[..., np.ndarray]] = {
 }
 
 
+def parameters(kind: str) -> set[str]:
+    """The parameter names of graph `kind` (what it is drawn from: n, seed, round, p, path)."""
+    if kind not in GRAPHS:
+        raise ValueError(f"unknown graph {kind!r}; valid graphs: {sorted(GRAPHS)}")
+    return set(inspect.signature(GRAPHS[kind]).parameters)
+
+
 def graph_process(
     kind: str, n: int, seed: int, p: float = 0.5, path: str | None = None
 ) -> GraphProcess:
@@ -196,10 +99,8 @@ def graph_process(
     A graph takes what its parameter names ask for among n, seed, round, p, path; a graph with no
     `round` parameter is static (built and checked once, here).
     """
-    if kind not in GRAPHS:
-        raise ValueError(f"unknown graph {kind!r}; valid graphs: {sorted(GRAPHS)}")
+    wanted = parameters(kind)
     graph = GRAPHS[kind]
-    wanted = inspect.signature(graph).parameters
     _check_args(n, seed, p if "p" in wanted else None)
     given = {"n": n, "seed": seed, "p": p, "path": path}
     kwargs = {k: v for k, v in given.items() if k in wanted}
@@ -289,39 +190,18 @@ def mean_degree(process: GraphProcess, n: int, samples: int) -> float:
     return total / (n * samples)
 
 
-def switch_interval(rho: float, c: float) -> int:
-    """Topology-aware switching interval T = max(1, round(c / sqrt(1 - rho)))."""
-    if rho >= 1.0:
-        raise ValueError(
-            f"rho = {rho} >= 1: the graph process never mixes (some clients are never "
-            "connected, e.g. a disconnected graph or p too small for the rounds sampled), so no "
-            "switching interval can bring the frozen factor to consensus; use a connected "
-            "topology or set a fixed integer interval"
-        )
-    if rho < 0.0 or c <= 0.0:
-        raise ValueError(f"need 0 <= rho < 1 and c > 0, got rho = {rho}, c = {c}")
-    return max(1, round(c / math.sqrt(1.0 - rho)))
-
-
 @dataclass(frozen=True)
 class TopologyStats:
     rho: float
     spectral_gap: float
     mean_degree: float
-    auto_interval: int | None  # None when the process never mixes (rho = 1)
 
 
 def topology_stats(
-    kind: str,
-    n: int,
-    p: float = 0.5,
-    path: str | None = None,
-    c: float = DEFAULT_C,
-    samples: int = 2000,
+    kind: str, n: int, p: float = 0.5, path: str | None = None, samples: int = 2000
 ) -> TopologyStats:
-    """rho, spectral gap, mean degree and auto switching interval of one topology process
-    (all on the graph stream of seed RHO_SEED)."""
+    """rho, spectral gap and mean degree of one topology process (all on the graph stream of
+    seed RHO_SEED)."""
     rho = process_rho(kind, n, p, path, samples)
-    interval = switch_interval(rho, c) if rho < 1.0 else None
     degree = mean_degree(graph_process(kind, n, RHO_SEED, p, path), n, samples)
-    return TopologyStats(rho, spectral_gap(rho), degree, interval)
+    return TopologyStats(rho, spectral_gap(rho), degree)

@@ -63,53 +63,9 @@ def cross_term_error(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], w: 
     return errors.mean().item() if errors.numel() else 0.0
 
 
-def applied(w: np.ndarray, excluded: set[int] | dict[int, str]) -> np.ndarray:
-    """The matrix `mix_held` applies: `renormalised` W, with a row left with no weight
-    replaced by the identity's (that client keeps its own value)."""
-    w = renormalised(w, excluded).copy()
-    alone = w.sum(axis=1) == 0
-    w[alone, alone] = 1.0
-    return w
-
-
 def bytes_sent(w: np.ndarray, tensors: dict[str, torch.Tensor]) -> list[int]:
     """Bytes each client sends in point-to-point gossip: its slice of every mixed tensor to
     every neighbour with a nonzero weight."""
     per_client = sum(x[0].numel() * x.element_size() for x in tensors.values())
     off = (w != 0) & ~np.eye(w.shape[0], dtype=bool)
     return [int(k) * per_client for k in off.sum(axis=0)]
-
-
-def renormalised(w: np.ndarray, excluded: set[int] | dict[int, str]) -> np.ndarray:
-    """W with the columns of `excluded` zeroed and each row rescaled to sum to 1 (a row with no
-    weight left stays zero: its client keeps its own value)."""
-    if not excluded:
-        return w
-    w = w.copy()
-    w[:, sorted(excluded)] = 0.0
-    s = w.sum(axis=1, keepdims=True)
-    return np.divide(w, s, out=np.zeros_like(w), where=s > 0)
-
-
-def mix_held(w: np.ndarray, targets: range, tensors: list[torch.Tensor],
-             excluded: set[int] | dict[int, str]) -> list[torch.Tensor]:
-    """Rows `targets` of W x for every stacked tensor x (n, ...), computed as `mix` computes
-    them (the same einsum over all n clients: bit for bit the same numbers), with the clients
-    in `excluded` left out as `renormalised` says; a target row left with no weight keeps its
-    own value. The distributed engine's mixing: a peer holds its own rows and the rows it
-    received; the others may be anything finite (zeros), as their weights are zero."""
-    w = renormalised(w, excluded)
-    wt = torch.as_tensor(w)
-    bad = sorted(excluded)
-    alone = [i for i in targets if w[i].sum() == 0]
-    out = []
-    with torch.no_grad():
-        for x in tensors:
-            clean = x.clone() if bad else x
-            clean[bad] = 0  # NaN * 0 would still be NaN
-            y = torch.einsum("ij,j...->i...", wt.to(x.device, x.dtype), clean)
-            y = y[targets.start:targets.stop].clone()
-            for i in alone:
-                y[i - targets.start] = x[i]
-            out.append(y)
-    return out

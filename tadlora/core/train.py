@@ -8,16 +8,35 @@ means, so no client's gradient is scaled by the group size) and gradient clippin
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
 from . import lora
+from .precision import autocast
 
 BatchFn = Callable[[int, slice], dict[str, torch.Tensor]]  # (step, clients) -> collated batch
+
+
+@dataclass(frozen=True, kw_only=True)
+class LocalSpec:
+    """How every client trains in a round: `steps` AdamW steps at the round's learning rate
+    (`lr` under `lr_schedule` over `rounds`), a per-client gradient clip (0 = off), what happens
+    to the AdamW moments between rounds, precision, device, and how many clients share a
+    forward pass (0 = all)."""
+
+    steps: int
+    lr: float
+    lr_schedule: str = "constant"
+    rounds: int = 1
+    clip_norm: float = 1.0
+    optimizer_state: str = "keep"
+    precision: str = "fp32"
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    per_forward: int = 0
 
 
 def set_trainable(model: nn.Module, kinds: Iterable[str]) -> list[nn.Parameter]:
@@ -65,9 +84,20 @@ SCHEDULES: dict[str, Callable[[float, int, int], float]] = {
 }
 
 
+# train.optimizer_state -> whether a round forgets the AdamW moments, given whether the
+# trained factor switched at its start
+OPTIMIZER_STATES: dict[str, Callable[[bool], bool]] = {
+    "reset_round": lambda switched: True,
+    "reset_phase": lambda switched: switched,
+    "keep": lambda switched: False,
+}
+
+
 def set_lr(optimizer: torch.optim.Optimizer, schedule: str, lr: float, t: int,
            rounds: int) -> float:
     """The learning rate of round t under `schedule` (constant | cosine), applied."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown lr schedule {schedule!r}; valid: {', '.join(SCHEDULES)}")
     value = SCHEDULES[schedule](lr, t, rounds)
     for group in optimizer.param_groups:
         group["lr"] = value
@@ -80,34 +110,6 @@ def groups(n: int, per_forward: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
-def native_bf16(device: torch.device) -> bool:
-    """Whether the device computes bf16 in hardware: a CUDA card that supports it, or a CPU with
-    avx512_bf16 or AMX. Elsewhere (e.g. an AVX2-only CPU) bf16 autocast is emulated: training
-    measured 18x slower than fp32 (benchmarks/bench_throughput.py)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu, private
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """train.precision -> the precision used: auto is bf16 where the device has native bf16,
-    else fp32; an explicit bf16 without native support is kept, with a warning."""
-    if precision == "auto":
-        return "bf16" if native_bf16(device) else "fp32"
-    if precision == "bf16" and not native_bf16(device):
-        warnings.warn(f"train.precision=bf16 on a {device.type} device without native bf16 (a "
-                      "CPU without avx512_bf16 or AMX, or a CUDA card without bf16): bf16 is "
-                      "emulated and several times slower than fp32; set train.precision=fp32 "
-                      "or auto", RuntimeWarning, stacklevel=2)
-    return precision
-
-
-def autocast(device: torch.device, precision: str) -> torch.autocast:
-    """bf16 autocast when precision is bf16 (factors and optimizer stay fp32), else a no-op."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
 def _group_loss(model: nn.Module, batch: dict[str, torch.Tensor], g: int) -> torch.Tensor:
     """Per-client mean cross-entropy of a batch holding g equal client chunks, shape (g,)."""
     labels = batch.pop("labels")
@@ -117,20 +119,19 @@ def _group_loss(model: nn.Module, batch: dict[str, torch.Tensor], g: int) -> tor
 
 
 def local_round(model: nn.Module, optimizer: torch.optim.Optimizer, make_batch: BatchFn,
-                n_clients: int, steps: int, clip_norm: float, precision: str,
-                device: torch.device, per_forward: int = 0) -> np.ndarray:
-    """`steps` optimizer steps for all clients; returns each client's mean training loss."""
+                n_clients: int, spec: LocalSpec) -> np.ndarray:
+    """spec.steps optimizer steps for all clients; returns each client's mean training loss."""
     model.train()
     params = [p for ps in lora.factors(model).values() for p in ps.values() if p.requires_grad]
     losses = torch.zeros(n_clients)
-    for k in range(steps):
+    for k in range(spec.steps):
         optimizer.zero_grad(set_to_none=True)
-        for group in groups(n_clients, per_forward):
-            batch = {key: v.to(device) for key, v in make_batch(k, group).items()}
-            with lora.select(model, group), autocast(device, precision):
+        for group in groups(n_clients, spec.per_forward):
+            batch = {key: v.to(spec.device) for key, v in make_batch(k, group).items()}
+            with lora.select(model, group), autocast(spec.device, spec.precision):
                 loss = _group_loss(model, batch, group.stop - group.start)
             loss.sum().backward()
             losses[group] += loss.detach().cpu()
-        clip_per_client(params, clip_norm)
+        clip_per_client(params, spec.clip_norm)
         optimizer.step()
-    return (losses / steps).numpy()
+    return (losses / spec.steps).numpy()

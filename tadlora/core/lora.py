@@ -12,14 +12,32 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 Clients = slice | torch.Tensor  # a contiguous client range, or a 1-d index tensor
 KINDS = ("A", "B", "head")  # the kinds of per-client tensors a model carries
+HEADS = ("frozen", "trained")  # the classifier head: shared and fixed, or per client and trained
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoRASpec:
+    """What every client's adapter is: rank, scale alpha / r, dropout, the linear layers that
+    get LoRA (by name, as in peft), and the classifier head (its modules, and whether it is
+    `frozen` or `trained` per client)."""
+
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.1
+    targets: tuple[str, ...] = ("query", "value")
+    head: str = "frozen"
+    head_modules: tuple[str, ...] = ("classifier", "score")
+
+    def __post_init__(self) -> None:
+        if self.head not in HEADS:
+            raise ValueError(f"head {self.head!r} is not one of {', '.join(HEADS)}")
 
 
 class _Stacked(nn.Module):
@@ -80,7 +98,7 @@ def _matches(name: str, targets: list[str]) -> bool:
     return any(name == t or name.endswith("." + t) for t in targets)
 
 
-def _in_head(name: str, head_modules: list[str]) -> bool:
+def in_head(name: str, head_modules: tuple[str, ...]) -> bool:
     return any(name == h or name.startswith(h + ".") for h in head_modules)
 
 
@@ -96,25 +114,26 @@ def _init_a(r: int, d_in: int, generator: torch.Generator) -> torch.Tensor:
     return a
 
 
-def inject(model: nn.Module, n_clients: int, target_modules: list[str], r: int, alpha: float,
-           dropout: float, seed: int, head_modules: list[str], train_head: bool) -> nn.Module:
-    """Freeze `model`, wrap every linear layer named in target_modules with stacked LoRA factors
-    (identical seeded A on every client, B = 0) and, if train_head, every linear layer inside the
-    head modules with a per-client full weight. Returns the same model, modified in place."""
+def inject(model: nn.Module, n_clients: int, spec: LoRASpec, seed: int) -> nn.Module:
+    """Freeze `model`, wrap every linear layer named in spec.targets with stacked LoRA factors
+    (identical seeded A on every client, B = 0) and, for a trained head, every linear layer
+    inside the head modules with a per-client full weight. Returns the same model, modified in
+    place."""
     for p in model.parameters():
         p.requires_grad_(False)
     gen = torch.Generator().manual_seed(seed)
     linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    targets = [(n, m) for n, m in linears if _matches(n, target_modules)]
+    targets = [(n, m) for n, m in linears if _matches(n, list(spec.targets))]
     if not targets:
-        raise ValueError(f"model.target_modules={target_modules} matches no linear layer; "
+        raise ValueError(f"model.target_modules={list(spec.targets)} matches no linear layer; "
                          f"linear layers are named like {[n for n, _ in linears[:6]]}")
     for name, lin in targets:
-        init_a = _init_a(r, lin.in_features, gen)
-        _set_module(model, name, LoRALinear(lin, n_clients, r, alpha, dropout, init_a))
-    if train_head:
+        init_a = _init_a(spec.r, lin.in_features, gen)
+        _set_module(model, name, LoRALinear(lin, n_clients, spec.r, spec.alpha, spec.dropout,
+                                            init_a))
+    if spec.head == "trained":
         for name, lin in linears:
-            if _in_head(name, head_modules):
+            if in_head(name, spec.head_modules):
                 _set_module(model, name, StackedLinear(lin, n_clients))
     return model
 
@@ -164,64 +183,3 @@ def load_state(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
                 raise ValueError(f"{name}: saved shape {tuple(tensors[name].shape)} != model "
                                  f"shape {tuple(p.shape)} (other clients.n or lora_r?)")
             p.copy_(tensors[name])
-
-
-def _peft_tensors(model: nn.Module, client: int, head_modules: list[str]
-                  ) -> tuple[dict[str, torch.Tensor], set[str]]:
-    """Client `client`'s tensors under peft's key names, and which of those keys are per-client
-    (the rest belong to the shared frozen head). Values are views into the model."""
-    prefix, out, own = "base_model.model.", {}, set()
-    for name, m in model.named_modules():
-        if isinstance(m, LoRALinear):
-            out[f"{prefix}{name}.lora_A.weight"] = m.A[client]  # (r, d_in)
-            out[f"{prefix}{name}.lora_B.weight"] = m.B[client]  # (d_out, r)
-        elif isinstance(m, StackedLinear):
-            out[f"{prefix}{name}.weight"] = m.weight[client]
-            out[f"{prefix}{name}.bias"] = m.bias[client]
-        elif isinstance(m, nn.Linear) and _in_head(name, head_modules):
-            out.update({f"{prefix}{name}.{k}": v for k, v in m.named_parameters()})
-            continue
-        else:
-            continue
-        own.update(k for k in out if k.startswith(f"{prefix}{name}."))
-    return out, own
-
-
-def export_peft(model: nn.Module, client: int, out_dir: str | Path, target_modules: list[str],
-                r: int, alpha: float, dropout: float, head_modules: list[str],
-                base_model_path: str | None = None) -> Path:
-    """Write client `client`'s adapter and classifier head in peft's format, loadable with
-    `PeftModel.from_pretrained(base_model, out_dir)` (the head goes in as modules_to_save)."""
-    from peft import LoraConfig
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tensors, _ = _peft_tensors(model, client, head_modules)
-    save_file({k: v.detach().float().contiguous().cpu() for k, v in tensors.items()},
-              str(out / "adapter_model.safetensors"))
-    LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
-               task_type="SEQ_CLS", modules_to_save=head_modules,
-               base_model_name_or_path=base_model_path).save_pretrained(str(out))
-    return out
-
-
-def import_peft(model: nn.Module, client: int, adapter_dir: str | Path,
-                head_modules: list[str]) -> None:
-    """Load a peft LoRA adapter (as written by `export_peft`) into client `client`'s slice.
-    A shared frozen head is not overwritten: it must already equal the adapter's."""
-    path = Path(adapter_dir)
-    saved = load_file(str(path / "adapter_model.safetensors"))
-    views, own = _peft_tensors(model, client, head_modules)
-    missing = sorted(set(views) - set(saved))
-    if missing:
-        raise ValueError(f"{path} lacks {missing[:3]}: not an adapter for this model/targets")
-    with torch.no_grad():
-        for key, view in views.items():
-            if view.shape != saved[key].shape:
-                raise ValueError(f"{path}: {key} has shape {tuple(saved[key].shape)}, "
-                                 f"model expects {tuple(view.shape)} (other lora_r?)")
-            if key in own:
-                view.copy_(saved[key])
-            elif not torch.allclose(view.float(), saved[key].float()):
-                raise ValueError(f"{path}: frozen head tensor {key} differs from this model's "
-                                 "(use model.head=trained, or the same seed and base model)")

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from .config import Config
 from .liveness import AGENT_STORE_ENV
 
 POLL = 0.1  # seconds between looks at the peer processes
@@ -77,10 +76,11 @@ def _watch(procs: list[subprocess.Popen], store: dist.Store, timeout: float
     return [c or 0 for c in codes], problems
 
 
-def launch(peers: int, args: list[str], cfg: Config, resume: Path | None = None) -> Outcome:
+def launch(peers: int, args: list[str], timeout: float, out_dir: str | Path,
+           resume: Path | None = None) -> Outcome:
     """Run `tadlora peer` in `peers` local processes on 127.0.0.1 with `args` (config and
-    overrides, or run.* overrides with `resume`); `cfg` is what they resolve to."""
-    timeout = cfg.distributed.timeout_s
+    overrides, or run.* overrides with `resume`); `timeout` is their distributed.timeout_s
+    and `out_dir` their run.out_dir."""
     store = dist.TCPStore("127.0.0.1", 0, None, is_master=True, wait_for_workers=False,
                           timeout=timedelta(seconds=timeout))
     ours = dist.PrefixStore("tadlora/0", store)
@@ -100,6 +100,6 @@ def launch(peers: int, args: list[str], cfg: Config, resume: Path | None = None)
         raise
     directory = resume
     if directory is None and ours.check(["run_name"]) and ours.get("run_name"):
-        directory = Path(cfg.run.out_dir) / ours.get("run_name").decode()
+        directory = Path(out_dir) / ours.get("run_name").decode()
     lost = any(c == 3 or c < 0 for c in codes)
     return Outcome(3 if lost else max(codes), directory, problems)

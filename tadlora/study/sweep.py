@@ -10,7 +10,6 @@ part of the grid whose config has one of those values, so a long study runs in p
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -21,19 +20,15 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import config
-from .config import Config, ConfigError
-from .sweep_file import Sweep, flat, load_sweep, toml_value
+from ..core.methods import uses_auto_interval
+from ..runs import config, loop
+from ..runs.config import Config, ConfigError, toml_value
+from ..runs.rundir import CONFIG, ERROR_LOG, RESUMABLE_KEYS, RUN_FILES, SUMMARY, RunDir
+from .sweep_file import Sweep, flat, load_sweep
 
 # keys a finished or checkpointed run may differ in from the sweep (resume can change them)
-RESUMABLE = {"run.rounds", "run.eval_every", "run.checkpoint_every", "run.progress",
-             "run.out_dir"}
-# what runner writes in a run dir (runner is imported lazily: it imports torch)
-CONFIG, SUMMARY, CKPT = "config.toml", "summary.json", "checkpoint"
-RUN_FILES = {CONFIG, SUMMARY, CKPT, "metrics.jsonl", "clients.json", "error.log",
-             f"{CKPT}.tmp", f"{CKPT}.old"}
-ERROR_LOG, TAIL = "error.log", 8000  # characters of a failed run's stderr kept
-RESUME_KEYS = ("checkpoint_every", "eval_every", "progress", "rounds")  # runner.RESUMABLE_KEYS
+RESUMABLE = {f"run.{k}" for k in RESUMABLE_KEYS} | {"run.out_dir"}
+TAIL = 8000  # characters of a failed run's stderr kept
 
 
 @dataclass(frozen=True)
@@ -53,7 +48,7 @@ def _differences(a: Config, b: Config) -> list[str]:
     """Config values that differ and matter: c and rho_samples only feed switch_interval=auto
     (so calibrating the default c does not invalidate the lora, ffa, ... runs)."""
     fa, fb = flat(config.to_dict(a)), flat(config.to_dict(b))
-    auto = a.method.name == "tad" and a.method.switch_interval == "auto"
+    auto = uses_auto_interval(a.method.name, a.method.switch_interval)
     ignored = RESUMABLE | (set() if auto else {"method.c", "topology.rho_samples"})
     return [f"{k}: {fa[k]!r} -> {fb[k]!r}" for k in fa if k not in ignored and fa[k] != fb[k]]
 
@@ -69,10 +64,7 @@ def _status(directory: Path, cfg: Config) -> tuple[str, str]:
     diff = _differences(stored, cfg)
     if diff:
         return "stale", f"its config differs from the sweep's: {'; '.join(diff)}"
-    try:  # the next round the checkpoint would run; 0 = none (or unreadable: start over)
-        saved = int(json.loads((directory / CKPT / "state.json").read_text())["round"])
-    except (OSError, ValueError, KeyError, TypeError):
-        saved = 0
+    saved = RunDir(directory).saved_round()  # 0 = none (or unreadable: start over)
     finished = (directory / SUMMARY).is_file()
     if finished and stored.run.rounds == cfg.run.rounds:
         return "skip", ""
@@ -115,7 +107,7 @@ def plan(sweep: Sweep, overrides: list[str] = (), only: list[str] = ()) -> list[
         if not _selected(cfg, sweep.base, full, only):
             continue
         action, note = _status(out / name, cfg)
-        resume = tuple(f"run.{k}={toml_value(getattr(cfg.run, k))}" for k in RESUME_KEYS)
+        resume = tuple(f"run.{k}={toml_value(getattr(cfg.run, k))}" for k in RESUMABLE_KEYS)
         jobs.append(Job(name, out / name, full, action, note, resume))
     return jobs
 
@@ -136,14 +128,12 @@ def _clear(directory: Path) -> None:
 
 def _in_process(job: Job, base: Path | None) -> str | None:
     """Run one job here; the error text on failure, None on success."""
-    from . import runner
-
     try:
         if job.action == "resume":
-            runner.resume(job.directory, list(job.resume_overrides))
+            loop.resume(job.directory, list(job.resume_overrides))
         else:
             _clear(job.directory)
-            runner.run(config.load(base, job.overrides))
+            loop.run(config.load(base, job.overrides))
     except Exception:  # a failed run must not stop the sweep; KeyboardInterrupt does
         return traceback.format_exc()
     return None

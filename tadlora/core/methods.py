@@ -1,20 +1,28 @@
-"""Methods as small policy objects: which factors train and which are mixed in round t.
+"""Methods as small policy objects, their registry, and the topology-aware switching interval.
 
 A policy never loops and never touches tensors; the engines ask it, round by round:
   trainable(t) -> the factor kinds ("A", "B") that take optimizer steps in round t
   mixed(t)     -> the factor kinds averaged with the neighbours after round t
   weights(w)   -> the mixing matrix actually used, given the graph's W(t)
+Adding a method is one policy class (or an instance of one) and one line in METHODS.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
+from .topology import uniform_weights
+
 AB = frozenset({"A", "B"})
 NONE: frozenset[str] = frozenset()
+
+# Placeholder until calibrated by our own T sweeps: T = max(1, round(c / sqrt(1 - rho))).
+DEFAULT_C: float = 1.0
+ADF_INTERVAL = 5  # ADF-LoRA's fixed switching interval
 
 
 @dataclass(frozen=True)
@@ -33,6 +41,11 @@ class Joint:
 
     def weights(self, w: np.ndarray) -> np.ndarray:
         return w
+
+    @property
+    def uses_graph(self) -> bool:
+        """Whether the communication graph affects the method (local and fedavg: no)."""
+        return bool(self.mixes)
 
 
 @dataclass(frozen=True)
@@ -73,22 +86,24 @@ class FedAvg(Joint):
     name: str = "fedavg"
 
     def weights(self, w: np.ndarray) -> np.ndarray:
-        n = w.shape[0]
-        return np.full((n, n), 1.0 / n)
+        return uniform_weights(w.shape[0])
+
+    @property
+    def uses_graph(self) -> bool:
+        return False
 
 
-ADF_INTERVAL = 5  # ADF-LoRA's fixed switching interval
-
-# name -> factory(fixed interval or None, callable giving the topology-aware interval)
+# name -> factory(fixed interval or None, callable giving the topology-aware interval). The
+# order is the order of tables and plots.
 Factory = Callable[[int | None, Callable[[], int]], Joint]
 METHODS: dict[str, Factory] = {
     "lora": lambda fixed, auto: Joint(),
-    "local": lambda fixed, auto: Joint(name="local", mixes=NONE),
-    "fedavg": lambda fixed, auto: FedAvg(),
     "ffa": lambda fixed, auto: FrozenA(),
     "rolora": lambda fixed, auto: Alternating(name="rolora", interval=1, mix_both=False),
     "adf": lambda fixed, auto: Alternating(name="adf", interval=fixed or ADF_INTERVAL),
     "tad": lambda fixed, auto: Alternating(name="tad", interval=fixed or auto()),
+    "local": lambda fixed, auto: Joint(name="local", mixes=NONE),
+    "fedavg": lambda fixed, auto: FedAvg(),
 }
 
 
@@ -100,6 +115,33 @@ def make(name: str, switch_interval: int | None, auto_interval: Callable[[], int
     return METHODS[name](switch_interval, auto_interval)
 
 
+def uses_auto_interval(name: str, switch_interval: int | str) -> bool:
+    """Whether the method, so configured, takes its T from the topology (calls auto)."""
+    called: list[bool] = []
+    fixed = None if switch_interval == "auto" else int(switch_interval)
+    make(name, fixed, lambda: called.append(True) or 1)
+    return bool(called)
+
+
+def uses_graph(name: str) -> bool:
+    """Whether the communication graph affects the method `name`."""
+    return make(name, 1, lambda: 1).uses_graph
+
+
 def phase_name(policy: Joint, t: int) -> str:
     """'AB', 'A' or 'B': the factors trained in round t, for logs."""
     return "".join(sorted(policy.trainable(t)))
+
+
+def switch_interval(rho: float, c: float) -> int:
+    """Topology-aware switching interval T = max(1, round(c / sqrt(1 - rho)))."""
+    if rho >= 1.0:
+        raise ValueError(
+            f"rho = {rho} >= 1: the graph process never mixes (some clients are never "
+            "connected, e.g. a disconnected graph or p too small for the rounds sampled), so no "
+            "switching interval can bring the frozen factor to consensus; use a connected "
+            "topology or set a fixed integer interval"
+        )
+    if rho < 0.0 or c <= 0.0:
+        raise ValueError(f"need 0 <= rho < 1 and c > 0, got rho = {rho}, c = {c}")
+    return max(1, round(c / math.sqrt(1.0 - rho)))

@@ -1,20 +1,30 @@
 """Run configuration: frozen dataclasses, TOML files, `section.key=value` overrides, validation.
 
-This is the only module that knows the names users type; runner.py turns a Config into plain
-arguments for the library.
+This is the only module that knows the keys users type; runs/build.py turns a Config into the
+library's objects. The valid values of every choice come from that concept's registry.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import tomllib
 import types
 import typing
+from collections.abc import Collection
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from .topology import DEFAULT_C
+from ..core.lora import HEADS
+from ..core.methods import DEFAULT_C, METHODS
+from ..core.precision import PRECISIONS
+from ..core.topology import GRAPHS
+from ..core.train import OPTIMIZER_STATES, SCHEDULES
+from ..data.partition import PARTITIONS
+from ..data.sources import SOURCES
+from ..engines.liveness import ON_PEER_LOSS
+from ..engines.net import BACKENDS, EXCHANGES
 
 
 @dataclass(frozen=True)
@@ -111,18 +121,18 @@ class Config:
     distributed: Distributed = field(default_factory=Distributed)
 
 
-CHOICES: dict[str, tuple[str, ...]] = {
-    "model.head": ("frozen", "trained"),
-    "data.source": ("rotten_tomatoes", "tweets", "files", "hf"),
-    "data.partition": ("label_skew", "dirichlet", "iid"),
-    "topology.kind": ("er", "ring", "complete", "pairs", "file"),
-    "method.name": ("lora", "ffa", "rolora", "adf", "tad", "local", "fedavg"),
-    "train.optimizer_state": ("keep", "reset_phase", "reset_round"),
-    "train.precision": ("auto", "fp32", "bf16"),
-    "train.lr_schedule": ("cosine", "constant"),
-    "distributed.mode": ("all_gather", "p2p"),
-    "distributed.backend": ("auto", "gloo", "nccl"),
-    "distributed.on_peer_loss": ("stop",),
+CHOICES: dict[str, Collection[str]] = {  # key -> its registry (read at each check)
+    "model.head": HEADS,
+    "data.source": SOURCES,
+    "data.partition": PARTITIONS,
+    "topology.kind": GRAPHS,
+    "method.name": METHODS,
+    "train.optimizer_state": OPTIMIZER_STATES,
+    "train.precision": PRECISIONS,
+    "train.lr_schedule": SCHEDULES,
+    "distributed.mode": EXCHANGES,
+    "distributed.backend": BACKENDS,
+    "distributed.on_peer_loss": ON_PEER_LOSS,
 }
 POSITIVE = {"run.rounds", "clients.n", "model.lora_r", "data.max_length", "train.local_steps",
             "train.batch_size", "topology.rho_samples", "run.checkpoint_every",
@@ -261,16 +271,17 @@ def to_toml(cfg: Config) -> str:
     lines = []
     for section, values in to_dict(cfg).items():
         lines.append(f"[{section}]")
-        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+        lines += [f"{k} = {toml_value(v)}" for k, v in values.items()]
         lines.append("")
     return "\n".join(lines)
 
 
-def _toml_value(v: Any) -> str:
+def toml_value(v: Any) -> str:
+    """A value in TOML syntax (strings as JSON strings, which are valid TOML basic strings)."""
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(i) for i in v) + "]"
+        return json.dumps(v)
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(toml_value(i) for i in v) + "]"
     return repr(v)

@@ -22,6 +22,9 @@ import torch.distributed as dist
 AGENT_STORE_ENV = "TADLORA_AGENT_STORE"  # "1": the launcher hosts the store (as torchrun does)
 CHECK_EVERY = 0.25  # seconds between liveness checks while waiting
 STARTUP = 120.0  # seconds a peer may take to start beating at all (imports, a loaded machine)
+# distributed.on_peer_loss: what the survivors do. stop: keep every finished round in the
+# checkpoint and exit (code 3), naming the lost rank
+ON_PEER_LOSS = ("stop",)
 
 
 class PeerLost(RuntimeError):

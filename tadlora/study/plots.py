@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .report import REFERENCES, _conn_order, _order, best_rows, stats
-from .sweep_file import topology_slug
+from .labels import topology_label
+from .results import best_rows, conn_order, is_reference, order, stats
 
 
 def _pyplot():
@@ -61,19 +61,19 @@ def _by_label(runs: list[dict]) -> dict[str, list[dict]]:
     groups = defaultdict(list)
     for r in runs:
         groups[r["label"]].append(r)
-    return dict(sorted(groups.items(), key=lambda kv: _order(kv[0])))
+    return dict(sorted(groups.items(), key=lambda kv: order(kv[0])))
 
 
 def _file(out: Path, kind: str, task: str, run: dict | None = None) -> Path:
     """out/<kind>__<task>[__<topology>].png with only safe characters."""
     t = run["cfg"].topology if run else None
-    parts = [kind, task, *([topology_slug(t.kind, t.p, t.path)] if t else [])]
+    parts = [kind, task, *([topology_label(t.kind, t.p, t.path, slug=True)] if t else [])]
     return out / (re.sub(r"[^A-Za-z0-9._+-]", "_", "__".join(parts)) + ".png")
 
 
 def accuracy_vs_rounds(runs: list[dict], task: str, out: Path) -> list[Path]:
     plt, paths = _pyplot(), []
-    for conn in _conn_order(runs):
+    for conn in conn_order(runs):
         here = [r for r in runs if r["connectivity"] == conn]
         fig, ax = plt.subplots(figsize=(7.5, 4))
         for label, group in _by_label(here).items():
@@ -97,7 +97,7 @@ def accuracy_vs_p(runs: list[dict], task: str, out: Path) -> list[Path]:
             by_p[r["p"]].append(r["final"])
         ps = sorted(by_p)
         st = [stats(by_p[p]) for p in ps]
-        if label.split(" ")[0] in REFERENCES and len(ps) == 1:  # the same at every p
+        if is_reference(label.split(" ")[0]) and len(ps) == 1:  # the same at every p
             ax.axhline(st[0][0], linestyle="--", linewidth=1, color=f"C{i % 10}",
                        label=f"{label} (any p)")
             continue
@@ -130,7 +130,7 @@ def accuracy_vs_t(found: list[dict], runs: list[dict], task: str, out: Path) -> 
 
 def cross_term(runs: list[dict], task: str, out: Path) -> list[Path]:
     plt, paths = _pyplot(), []
-    for conn in _conn_order(runs):
+    for conn in conn_order(runs):
         here = [r for r in runs if r["connectivity"] == conn and r["method"] in ("lora", "tad")
                 and r["cross"]]
         if not here:

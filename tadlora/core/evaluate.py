@@ -1,0 +1,82 @@
+"""Evaluation: each client's own model on the validation set, and the averaged adapter."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data.text import Encoded, collate, eval_batches
+from . import lora
+from .precision import autocast
+from .train import groups
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """The validation examples (tokenised once), the pad id and the evaluation batch size."""
+
+    data: Encoded
+    pad_id: int
+    batch_size: int
+
+
+@torch.no_grad()
+def accuracies(model: nn.Module, val: EvalSet, n_clients: int, precision: str,
+               device: torch.device, per_forward: int = 0) -> np.ndarray:
+    """Validation accuracy of every client's own model, (n_clients,). A group of clients runs
+    the same length-bucketed batch in one forward pass (the batch repeated once per client)."""
+    model.eval()
+    correct = torch.zeros(n_clients)
+    lengths = [len(ids) for ids in val.data.input_ids]
+    for idx in eval_batches(len(lengths), val.batch_size, lengths):
+        batch = collate(val.data, idx, val.pad_id)
+        labels = batch.pop("labels").to(device)
+        for group in groups(n_clients, per_forward):
+            g = group.stop - group.start
+            inputs = {k: v.to(device).repeat(g, *([1] * (v.dim() - 1))) for k, v in batch.items()}
+            with lora.select(model, group), autocast(device, precision):
+                pred = model(**inputs).logits.argmax(-1).view(g, -1)  # (g, batch)
+            correct[group] += (pred == labels).sum(1).float().cpu()
+    return (correct / len(val.data.labels)).numpy()
+
+
+@contextmanager
+def in_slot(model: nn.Module, values: dict[str, torch.Tensor], slot: int = 0) -> Iterator[int]:
+    """Temporarily put `values` (one client's tensors, named as lora.state names them) into
+    client `slot`, restored afterwards, so they can be evaluated like a client."""
+    tensors = lora.state(model)
+    saved = {k: tensors[k][slot].detach().clone() for k in values}
+    with torch.no_grad():
+        for k, v in values.items():
+            tensors[k][slot] = v
+    try:
+        yield slot
+    finally:
+        with torch.no_grad():
+            for k, v in saved.items():
+                tensors[k][slot] = v
+
+
+def averaged(model: nn.Module, slot: int = 0):
+    """`in_slot` with the client-average of every per-client tensor: the averaged adapter."""
+    with torch.no_grad():
+        mean = {k: t.mean(0) for k, t in lora.state(model).items()}
+    return in_slot(model, mean, slot)
+
+
+def summarize(acc: np.ndarray) -> dict[str, float]:
+    """mean, std, min and max of the per-client accuracies."""
+    return {"mean": float(acc.mean()), "std": float(acc.std()),
+            "min": float(acc.min()), "max": float(acc.max())}
+
+
+def report(acc: np.ndarray, averaged_acc: float) -> dict:
+    """The evaluation record of a round: per-client accuracies, their aggregates and the
+    averaged adapter's accuracy."""
+    return {"client_acc": acc.round(5).tolist(), **summarize(acc),
+            "averaged_adapter_acc": float(averaged_acc)}

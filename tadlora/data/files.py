@@ -1,0 +1,143 @@
+"""Local data files: a directory with train.* and validation.* (jsonl, csv or tsv) and an
+optional labels.json."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .text import TextData
+
+Record = tuple[int, dict[str, Any]]  # (line number, row)
+
+
+def _find_split(directory: Path, stem: str) -> Path | None:
+    files = [directory / f"{stem}.{ext}" for ext in ("jsonl", "csv", "tsv")]
+    return next((f for f in files if f.is_file()), None)  # first of jsonl, csv, tsv
+
+
+def _read_jsonl(path: Path) -> list[Record]:
+    records = []
+    with open(path, encoding="utf-8-sig") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{line_no}: bad JSON ({e.msg})") from e
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{line_no}: expected a JSON object, got {row!r:.40}")
+            records.append((line_no, row))
+    return records
+
+
+def _read_table(path: Path) -> list[Record]:
+    """CSV via the csv module; TSV split on tabs only (GLUE TSVs hold literal quotes)."""
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        if path.suffix == ".csv":
+            reader = csv.reader(f)
+            rows = [(reader.line_num, r) for r in reader if r]
+        else:
+            rows = [(i, ln.rstrip("\r\n").split("\t")) for i, ln in enumerate(f, 1) if ln.strip()]
+    if not rows:
+        return []
+    header = rows[0][1]
+    for line_no, fields in rows[1:]:
+        if len(fields) != len(header):
+            raise ValueError(f"{path}:{line_no}: {len(fields)} fields, header has {len(header)}")
+    return [(line_no, dict(zip(header, fields, strict=True))) for line_no, fields in rows[1:]]
+
+
+def _int_like(label: Any) -> int | None:
+    """An int label is a JSON integer or a string of decimal digits (as read from CSV/TSV)."""
+    if isinstance(label, int) and not isinstance(label, bool):
+        return label
+    return int(label) if isinstance(label, str) and label.isdecimal() else None
+
+
+def _infer_label_names(records: list[Record]) -> list[str]:
+    raw = [row.get("label") for _, row in records]
+    ints = [_int_like(x) for x in raw]
+    if ints and all(i is not None and i >= 0 for i in ints):
+        return [str(i) for i in range(max(i for i in ints if i is not None) + 1)]
+    return sorted({str(x) for x in raw if isinstance(x, str | int) and not isinstance(x, bool)})
+
+
+def _label_id(label: Any, names: list[str], where: str) -> int:
+    if isinstance(label, bool) or not isinstance(label, str | int):
+        raise ValueError(f"{where}: label must be a string or an integer, got {label!r}")
+    if isinstance(label, str) and label in names:
+        return names.index(label)
+    as_int = _int_like(label)
+    if as_int is not None and 0 <= as_int < len(names):
+        return as_int
+    raise ValueError(f"{where}: label {label!r} not in the label list {names} (labels.json)")
+
+
+def _text(row: dict[str, Any], key: str, where: str) -> str:
+    if key not in row:
+        raise ValueError(f"{where}: missing field {key!r} (need text_a, label, optional text_b)")
+    if not isinstance(row[key], str):
+        raise ValueError(f"{where}: field {key!r} must be a string, got {row[key]!r:.40}")
+    return row[key]
+
+
+def _records_to_data(records: list[Record], path: Path, names: list[str]) -> TextData:
+    if not records:
+        raise ValueError(f"{path}: no examples")
+    pairs = "text_b" in records[0][1]  # a pair file uses text_b on every row, no mixing
+    text_a, text_b, labels = [], [], []
+    for line_no, row in records:
+        where = f"{path}:{line_no}"
+        if ("text_b" in row) != pairs:
+            raise ValueError(f"{where}: text_b present on some rows only; use it on all or none")
+        if "label" not in row:
+            raise ValueError(f"{where}: missing field 'label'")
+        text_a.append(_text(row, "text_a", where))
+        text_b.append(_text(row, "text_b", where) if pairs else "")
+        labels.append(_label_id(row["label"], names, where))
+    return TextData(text_a, text_b if pairs else None, np.asarray(labels, np.int64), names)
+
+
+def _label_names(directory: Path) -> list[str] | None:
+    file = directory / "labels.json"
+    if not file.is_file():
+        return None
+    names = json.loads(file.read_text(encoding="utf-8"))
+    if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
+        raise ValueError(f"{file}: expected a non-empty JSON list of label strings")
+    return names
+
+
+def load_files(path: str | None, task: str | None, val_size: int,
+                seed: int) -> tuple[TextData, TextData]:
+    """`path`: dir with train.* and validation.* (jsonl, csv or tsv, first found in that order).
+
+    `task`, if given and a file `{task}.{jsonl,csv,tsv}` exists there, names the validation file
+    instead (e.g. task="validation_mismatched" for MNLI); otherwise it is ignored.
+    Labels: if labels.json (list of names) exists, id = position, and a row may give the name or
+    the id (a JSON integer or a digit string); without it, integer labels are ids as-is and
+    string labels are sorted (over train and validation together).
+    """
+    if path is None or not Path(path).is_dir():
+        raise FileNotFoundError(f"data directory not found: {path!r}; source 'files' needs a "
+                                "directory with train.{jsonl,csv,tsv} and validation.{...}")
+    directory = Path(path)
+    stems = ["train", task if task and _find_split(directory, task) else "validation"]
+    files: list[Path] = []
+    for stem in stems:
+        file = _find_split(directory, stem)
+        if file is None:
+            raise FileNotFoundError(f"{directory}: no {stem}.jsonl, {stem}.csv or {stem}.tsv")
+        files.append(file)
+    records = [_read_jsonl(f) if f.suffix == ".jsonl" else _read_table(f) for f in files]
+    names = _label_names(directory) or _infer_label_names(records[0] + records[1])
+    train, val = (_records_to_data(r, f, names) for r, f in zip(records, files, strict=True))
+    if (train.text_b is None) != (val.text_b is None):
+        raise ValueError(f"{directory}: train and validation disagree on having text_b")
+    return train, val

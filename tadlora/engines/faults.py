@@ -1,0 +1,34 @@
+"""Fault injection for tests of the distributed engine: TADLORA_FAULT="kind:rank:round,..."
+with kind nan (a NaN in what the rank sends), shape (a payload one column too wide), kill
+(SIGKILL before the exchange) or hang (SIGSTOP before the exchange)."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import torch
+
+FAULT_ENV = "TADLORA_FAULT"
+
+
+def _fault(kind: str, rank: int, t: int) -> bool:
+    return f"{kind}:{rank}:{t}" in os.environ.get(FAULT_ENV, "").split(",")
+
+
+def wire(buf: torch.Tensor, rank: int, t: int) -> torch.Tensor:
+    """What goes on the wire: the rows themselves, or a corrupted copy under fault injection."""
+    if _fault("nan", rank, t):
+        bad = buf.clone()
+        bad[0, 0] = float("nan")
+        return bad
+    if _fault("shape", rank, t):
+        return torch.cat([buf, buf[:, :1]], dim=1)
+    return buf
+
+
+def maybe_die(rank: int, t: int) -> None:
+    if _fault("kill", rank, t):
+        os.kill(os.getpid(), signal.SIGKILL)
+    if _fault("hang", rank, t):
+        os.kill(os.getpid(), signal.SIGSTOP)

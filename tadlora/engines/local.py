@@ -1,0 +1,82 @@
+"""The in-process engine: all clients in one process, one round at a time, mixed by one einsum
+per stacked tensor."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..core import evaluate, gossip, lora
+from ..core.evaluate import EvalSet
+from ..core.federation import (
+    Federation,
+    applied_to_factors,
+    local_training,
+    mixed_kinds,
+    prepare_round,
+    round_record,
+)
+from ..core.methods import Joint
+from .base import State
+
+
+def mix_and_measure(model: nn.Module, policy: Joint, w_graph: np.ndarray, t: int) -> dict:
+    """Mix the round's factors with the method's weights; consensus, cross-term error, bytes."""
+    fac = lora.factors(model)
+    kinds = mixed_kinds(policy, t)
+    tensors = {f"{k}/{n}": p for k in kinds for n, p in fac[k].items()}
+    w = torch.as_tensor(policy.weights(w_graph) if tensors else np.eye(len(w_graph)))
+    cross = gossip.cross_term_error(fac["A"], fac["B"], w, *applied_to_factors(w, kinds))
+    gossip.mix(tensors, w)
+    return {
+        "consensus_A": gossip.consensus_distance(fac["A"]),
+        "consensus_B": gossip.consensus_distance(fac["B"]),
+        "cross_term_error": cross,
+        "bytes_sent": gossip.bytes_sent(w.numpy(), tensors),
+    }
+
+
+def run_round(fed: Federation, t: int) -> dict:
+    """One round of decentralized training; returns its metrics record."""
+    prepare_round(fed, t)
+    record = round_record(fed, t, local_training(fed, t))
+    record.update(mix_and_measure(fed.model, fed.policy, fed.mixing(t), t))
+    return record
+
+
+def evaluation(fed: Federation, val: EvalSet) -> dict:
+    """Every client's own model on the validation set, and the averaged adapter."""
+    spec = fed.local
+    acc = evaluate.accuracies(fed.model, val, fed.n_clients, spec.precision, spec.device,
+                              spec.per_forward)
+    with evaluate.averaged(fed.model):
+        avg = evaluate.accuracies(fed.model, val, 1, spec.precision, spec.device)
+    return evaluate.report(acc, avg[0])
+
+
+@dataclass
+class LocalEngine:
+    """Every client in this process (see base.Engine)."""
+
+    fed: Federation
+    val: EvalSet
+    rank: int = 0
+    world: int = 1
+
+    def round(self, t: int) -> dict:
+        return run_round(self.fed, t)
+
+    def evaluate(self, t: int) -> dict:
+        return evaluation(self.fed, self.val)
+
+    def gather_state(self, rnd: int) -> State:
+        return self.fed.state()
+
+    def agree(self, value: int) -> int:
+        return value
+
+    def barrier(self, tag: str) -> None:
+        pass

@@ -1,0 +1,119 @@
+"""One peer process of a distributed run: join the peers, build this peer's slice of the
+clients, and drive the round loop (runs/loop.py) with the distributed engine (started by
+`tadlora launch`, or by torchrun on each host).
+
+The run directory is the one `tadlora run` writes, plus each peer's checkpoint slices:
+  config.toml, clients.json, metrics.jsonl, summary.json   rank 0
+  checkpoint/                    the merged checkpoint, written by rank 0 after the last round
+                                 (what `tadlora export` and `tadlora run --resume` read)
+  peers/rank-K/round-RRRRRR/     rank K's slice after each saved round; the last two are kept
+                                 (peers can be one round apart when one dies) and removed once
+                                 the merged checkpoint exists (distributed.keep_slices: all kept)
+A peer that loses another keeps its slices and exits with PEER_LOST; `tadlora launch --resume`
+then restarts from the newest round that every client's slice reached (any number of peers:
+a peer reads the rows it needs from whichever slices hold them).
+
+Several hosts, with torchrun (HOST:PORT = an address and free port of host 0 that the other
+hosts reach; the same config file and data on every host; M peer processes per host):
+    host 0:  torchrun --nnodes 2 --node-rank 0 --nproc-per-node M --rdzv-endpoint HOST:PORT \
+                 -m tadlora.cli peer exp.toml run.name=exp1
+    host 1:  torchrun --nnodes 2 --node-rank 1 --nproc-per-node M --rdzv-endpoint HOST:PORT \
+                 -m tadlora.cli peer exp.toml run.name=exp1
+Rank 0 (on host 0) writes metrics.jsonl, summary.json and the merged checkpoint; every host
+keeps its own slices under peers/. After a failure run the same commands with
+`peer --resume runs/exp1` (the same hosts in the same order, unless the run directory is on a
+shared disk). Gloo picks the network interface from the host name; set GLOO_SOCKET_IFNAME
+where that is the wrong one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from ..engines import exchange
+from ..engines.distributed import DistributedEngine
+from ..engines.exchange import ProtocolError
+from ..engines.liveness import Liveness, PeerLost, join
+from ..engines.net import Net, backend
+from .build import build
+from .checkpoint import CheckpointError
+from .config import Config, ConfigError
+from .loop import execute
+from .rundir import RunDir
+
+PEER_LOST, INTERRUPTED = 3, 130
+log = logging.getLogger("tadlora.peer")
+
+
+def _run_directory(cfg: Config, rank: int, store: dist.Store) -> RunDir:
+    """Rank 0 creates the run directory and tells the others its name (through the store)."""
+    if rank == 0:
+        try:
+            run = RunDir.create(cfg)
+        except ConfigError:
+            store.set("run_name", "")
+            raise
+        store.set("run_name", run.path.name)
+        return run
+    name = store.get("run_name").decode()
+    if not name:
+        raise ConfigError("rank 0 could not create the run directory (see its message)")
+    return RunDir(Path(cfg.run.out_dir) / name)
+
+
+def _exit(live: Liveness, code: int, why: str) -> None:
+    """Leave without waiting on anybody: tell the others, flush, and exit the process."""
+    live.announce_exit(why)
+    live.stop()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def main(cfg: Config, resume: Path | None = None) -> int:
+    """Run this process as one peer (rank and rendezvous from torchrun's environment)."""
+    comm = torch.device("cpu")
+    name = backend(cfg.distributed.backend, cfg.train.device)
+    if name == "nccl":  # one GPU per peer process; transfers happen on it
+        comm = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(comm)
+    try:
+        rank, world, store, live = join(name, cfg.distributed.timeout_s)
+        slices = exchange.client_slices(cfg.clients.n, world)
+    except (RuntimeError, ValueError) as e:
+        print(f"tadlora peer: could not join the peers: {e}", file=sys.stderr)
+        return 1
+    logging.basicConfig(format=f"[rank {rank}] %(levelname)s %(message)s", level=logging.INFO)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # torchrun stops peers this way
+    net = Net(rank, slices, live, cfg.distributed.mode, cfg.distributed.diagnostics, comm)
+    run = RunDir(resume) if resume else None
+    try:
+        run = run or _run_directory(cfg, rank, store)
+        exp = build(cfg, net.clients)
+        execute(DistributedEngine(exp.fed, exp.val, net), exp, run, resume is not None)
+    except (PeerLost, ProtocolError) as e:
+        where = run.path if run else "RUN_DIR"
+        log.error("%s. Stopping; the last checkpoint is kept: continue with `tadlora launch "
+                  "--peers %d --resume %s` (under torchrun: the same command with `peer "
+                  "--resume %s`)", e, world, where, where)
+        _exit(live, PEER_LOST, f"stopped after it {e}")
+    except KeyboardInterrupt:
+        log.error("interrupted; the last checkpoint is kept")
+        _exit(live, INTERRUPTED, "was interrupted")
+    except (ConfigError, CheckpointError, ValueError, FileNotFoundError) as e:
+        log.error("%s", e)
+        _exit(live, 2, f"failed: {e}")
+    except Exception as e:
+        log.exception("failed: %s", e)
+        _exit(live, 1, f"failed: {type(e).__name__}: {e}")
+    live.stop()
+    dist.destroy_process_group()
+    return 0

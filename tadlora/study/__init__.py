@@ -1,0 +1,1 @@
+"""Studies over many runs: sweep files, sweeps, reports and plots."""

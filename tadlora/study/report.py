@@ -1,0 +1,163 @@
+"""`tadlora report RUNS_DIR`: markdown tables, a CSV of the runs and PNG plots over every run
+directory under RUNS_DIR (what the numbers are: study/results.py)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..core.methods import DEFAULT_C, switch_interval
+from ..runs.config import ConfigError
+from .plots import plot_task
+from .results import (
+    best_t,
+    cells,
+    collect,
+    conn_order,
+    fit_c,
+    is_reference,
+    mixed_settings,
+    order,
+    paired,
+    pick_lr,
+    stats,
+    write_runs_csv,
+)
+
+# ------------------------------------------------------------------ markdown
+
+
+def _spread(s: tuple[float, float, int], sign: str = "") -> str:
+    """mean ± std in points; one seed has no spread to show. sign="+": signed mean."""
+    spread = f" ± {100 * s[1]:.2f}" if s[2] > 1 else ""
+    return f"{100 * s[0]:{sign}.2f}{spread}"
+
+
+def _pct(s: tuple[float, float, int] | None, mark: str = "") -> str:
+    """mean ± std (seeds)."""
+    return "" if s is None else f"{_spread(s)} ({s[2]}){mark}"
+
+
+def _table(header: list[str], body: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *["| " + " | ".join(row) + " |" for row in body], ""]
+
+
+def _cell(c: dict, task: str, label: str, conn: str, lr: float) -> str:
+    """A method x connectivity cell; a reference method run at one connectivity fills all."""
+    if c.get((task, label, conn, lr)) is not None or not is_reference(label.split(" ")[0]):
+        return _pct(c.get((task, label, conn, lr)))
+    own = [k for k in c if k[:2] == (task, label) and k[3] == lr]
+    return _pct(c[own[0]], " †") if len(own) == 1 else ""
+
+
+def accuracy_tables(rows: list[dict], task: str) -> list[str]:
+    mine = [r for r in rows if r["task"] == task and r["finished"]]
+    c, picked, conns = cells(mine), pick_lr(mine), conn_order(mine)
+    labels = sorted({r["label"] for r in mine}, key=order)
+    body = [[label, f"{picked[task, label][0]:g}",
+             *[_cell(c, task, label, conn, picked[task, label][0]) for conn in conns]]
+            for label in labels]
+    out = ["Final mean client accuracy (%), mean ± std over seeds (number of seeds), at each "
+           "method's picked learning rate:", "", *_table(["method", "lr", *conns], body)]
+    if any(is_reference(r["label"].split(" ")[0]) for r in mine):
+        out += ["† a topology-independent reference run at one connectivity, repeated.", ""]
+    lrs = sorted({r["lr"] for r in mine})
+    if len(lrs) > 1:
+        out += ["Learning rate picked per method (score: mean accuracy over the seeds and the "
+                "connectivities run at every lr): "
+                + "; ".join(f"{label} {picked[task, label][0]:g} (" + ", ".join(
+                    f"{lr:g}: {100 * s:.2f}" for lr, s in picked[task, label][1].items()) + ")"
+                            for label in labels), "", "All learning rates:", ""]
+        full = [[label, f"{lr:g}", *[_cell(c, task, label, conn, lr) for conn in conns]]
+                for label in labels for lr in lrs if any(k[:2] == (task, label) and k[3] == lr
+                                                         for k in c)]
+        out += _table(["method", "lr", *conns], full)
+    return out
+
+
+def paired_table(rows: list[dict], task: str, against: str = "lora") -> list[str]:
+    diffs = paired(rows, task, against)
+    if not diffs:
+        return []
+    conns = conn_order([r for r in rows if r["task"] == task and r["finished"]])
+    labels = sorted({label for label, _ in diffs}, key=order)
+
+    def cell(d: list[float] | None) -> str:
+        return f"{_spread(stats(d), '+')} (n={len(d)}; ahead on {sum(x > 0 for x in d)})" \
+            if d else ""
+    body = [[label, *[cell(diffs.get((label, conn))) for conn in conns]] for label in labels]
+    return [f"Paired against {against}: accuracy minus {against}'s on the same seed (points; "
+            f"mean ± std over the n seeds both ran; on how many seeds it was ahead):", "",
+            *_table(["method", *conns], body)]
+
+
+def t_table(found: list[dict]) -> list[str]:
+    if not found:
+        return []
+    c = fit_c([f["best"] for f in found], [f["rho"] for f in found])
+    body = [[f["connectivity"], f"{f['rho']:.3f}", f"{f['x']:.2f}", str(f["best"]),
+             _pct(f["stats"][f["best"]]), ", ".join(map(str, f["group"])),
+             ", ".join(map(str, f["auto"])) or "-",
+             f"{f['default']} ({'in' if f['default'] in f['group'] else 'outside'})",
+             str(switch_interval(f["rho"], c))]
+            for f in found]
+    return ["Best switching interval of tad per connectivity (best group: T whose mean is "
+            "within one std of the best T's mean; auto T: the T that runs with "
+            "switch_interval=auto used):", "",
+            *_table(["connectivity", "rho", "1/sqrt(1-rho)", "best T", "accuracy at best T",
+                     "best group", "auto T (runs)", f"auto T (default c = {DEFAULT_C:g})",
+                     "auto T with the fitted c"], body),
+            f"Least-squares fit of T_best ≈ c / sqrt(1 - rho) over {len(found)} "
+            f"connectivities: **c = {c:.3f}**.", ""]
+
+
+def write_report(runs_dir: str | Path, out: str | Path | None = None) -> Path:
+    """report.md and the PNG plots in `out` (default RUNS_DIR/report); returns report.md."""
+    root = Path(runs_dir)
+    out = Path(out) if out else root / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    rows = collect(root)
+    done = [r for r in rows if r["finished"]]
+    hours = sum(r["wall"] or 0 for r in done) / 3600
+    write_runs_csv(rows, out / "runs.csv")
+    lines = [f"# Report on {root}", "", f"Regenerate: `tadlora report {root} --out {out}`", "",
+             f"{len(done)} finished runs ({hours:.2f} h of run wall time in all); "
+             f"{len(rows) - len(done)} unfinished runs not counted. One line per run: "
+             "[runs.csv](runs.csv).", ""]
+    mixed = mixed_settings(rows)
+    if mixed:
+        lines += [f"**Warning**: seeds of one cell differ in {', '.join(mixed)}.", ""]
+    points = []
+    for task in sorted({r["task"] for r in done}):
+        found = best_t(rows, task)
+        points += found
+        lines += [f"## {task}", "", *accuracy_tables(rows, task),
+                  *paired_table(rows, task), *t_table(found)]
+        for plot in plot_task(rows, task, found, out):
+            lines += [f"![{plot.stem}]({plot.name})", ""]
+    if len({r["task"] for r in done}) > 1 and points:
+        c = fit_c([f["best"] for f in points], [f["rho"] for f in points])
+        lines += ["## Fit over all tasks", "", f"T_best ≈ c / sqrt(1 - rho) over {len(points)} "
+                  f"(task, connectivity) points: **c = {c:.3f}**.", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def cmd_report(ns: argparse.Namespace) -> int:
+    if not Path(ns.runs_dir).is_dir():
+        raise ConfigError(f"runs directory {ns.runs_dir} does not exist")
+    path = write_report(ns.runs_dir, ns.out)
+    print(f"report: {path}")
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register `tadlora report RUNS_DIR [--out DIR]`."""
+    r = subparsers.add_parser("report", help="tables and plots over the runs under a directory",
+                              description=__doc__.splitlines()[0])
+    r.add_argument("runs_dir")
+    r.add_argument("--out", help="output directory (default RUNS_DIR/report)")
+    r.set_defaults(func=cmd_report)
+    return r
