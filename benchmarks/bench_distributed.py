@@ -34,13 +34,18 @@ from pathlib import Path
 
 import numpy as np
 
-from tadlora import config, exchange, lora, runner, simulate
+from tadlora.core import lora
+from tadlora.core.federation import mixed_kinds
+from tadlora.core.methods import METHODS as REGISTRY
+from tadlora.engines import exchange
+from tadlora.runs import build as runner
+from tadlora.runs import config
 
 BASE = ["model.path=minilm", "model.num_layers=2", "clients.n=8", "data.examples_per_client=64",
         "data.val_size=64", "data.max_length=64", "train.batch_size=16", "run.eval_every=0",
         "run.progress=false", "topology.p=0.3", "topology.rho_samples=200",
         "distributed.timeout_s=120"]
-METHODS = ("lora", "ffa", "rolora", "adf", "tad", "local", "fedavg")
+METHODS = tuple(REGISTRY)
 
 
 def launch(peers: int, out: Path, name: str, extra: list[str]) -> list[dict]:
@@ -85,7 +90,7 @@ def row_bytes(cfg: config.Config) -> dict[str, int]:
 def least(cfg: config.Config, rec: dict, peers: int, sizes: dict[str, int]) -> tuple[int, int]:
     """(the least bytes any exchange can send, one process per client) for a round."""
     pol = runner.policy(cfg)[0]
-    kinds = simulate.mixed_kinds(pol, rec["round"])
+    kinds = mixed_kinds(pol, rec["round"])
     if not kinds:
         return 0, 0
     w = pol.weights(runner.mixing(cfg)(rec["round"]))

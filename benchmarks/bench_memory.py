@@ -3,8 +3,9 @@
 Each measurement runs in a fresh Python subprocess (this script re-invoked with --child N), so
 the measurements cannot contaminate each other; each size is run 3 times (--repeats) and the run
 with the median peak is reported, as a run's peak varies by 10-25 MiB with thread timing.
-A child builds the experiment through the library (tadlora.config.load + tadlora.runner.build),
-runs a round with tadlora.simulate.run_round (no evaluation) and reports:
+A child builds the experiment through the library (tadlora.runs.config.load +
+tadlora.runs.build.build), runs a round with tadlora.engines.local.run_round (no evaluation)
+and reports:
   - its peak RSS over the whole process (resource.getrusage ru_maxrss),
   - its peak RSS during the rounds only (VmHWM reset through /proc/self/clear_refs after build),
   - the bytes of all live tensors after the rounds (found through gc; storages counted once),
@@ -94,7 +95,7 @@ def live_tensor_bytes() -> int:
 
 def state_bytes(model, optimizer) -> dict[str, int]:
     """Bytes of all clients' per-client tensors, their gradients and AdamW moments."""
-    from tadlora import lora
+    from tadlora.core import lora
 
     tensors = lora.state(model).values()
     moments = sum(_nbytes(v) for p in tensors for k, v in optimizer.state.get(p, {}).items()
@@ -108,7 +109,7 @@ def data_footprint(fed) -> dict[str, int] | None:
     """The tokenised training examples build() holds (the data.Encoded in make_batch's closure:
     Python lists of token ids): example count and bytes (list objects + the int objects outside
     CPython's small-int cache). None if build() no longer keeps them that way."""
-    from tadlora import data
+    from tadlora.data import text as data
 
     cells = fed.make_batch.__closure__ or ()
     enc = next((c.cell_contents for c in cells if isinstance(c.cell_contents, data.Encoded)), None)
@@ -122,7 +123,7 @@ def data_footprint(fed) -> dict[str, int] | None:
 def no_cross_term() -> None:
     """Counterfactual: replace the cross-term diagnostic (its temporaries are dense d_out x d_in
     B @ A products, for all clients or a chunk of them) by a stub, to show what it costs."""
-    from tadlora import gossip
+    from tadlora.core import gossip
 
     gossip.cross_term_error = lambda *args, **kwargs: float("nan")
 
@@ -130,12 +131,13 @@ def no_cross_term() -> None:
 def phase_peaks(fed, t: int) -> dict[str, int]:
     """One extra round, split into the calls run_round makes, with the peak RSS reached in
     each above the RSS when it started: where a peak comes from."""
-    from tadlora import simulate
+    from tadlora.core import federation
+    from tadlora.engines import local
 
     out = {}
-    simulate.prepare_round(fed, t)
-    for name, fn in (("local_training", lambda: simulate.local_training(fed, t)),
-                     ("mix_and_measure", lambda: simulate.mix_and_measure(
+    federation.prepare_round(fed, t)
+    for name, fn in (("local_training", lambda: federation.local_training(fed, t)),
+                     ("mix_and_measure", lambda: local.mix_and_measure(
                          fed.model, fed.policy, fed.mixing(t), t))):
         start = rss()
         reset_peak()
@@ -148,7 +150,10 @@ def child(n: int, args: argparse.Namespace) -> dict:
     import torch
 
     torch.set_num_threads(2)
-    from tadlora import config, lora, runner, simulate
+    from tadlora.core import lora
+    from tadlora.engines import local as simulate
+    from tadlora.runs import build as runner
+    from tadlora.runs import config
 
     if args.no_cross_term:
         no_cross_term()
@@ -264,7 +269,7 @@ def report(series: dict[str, dict[int, dict]], args: argparse.Namespace) -> None
           f"(= {args.passes} forward passes per round for every size); batch {args.batch_size}; "
           f"{args.examples_per_client} examples/client (label_skew); data.max_length="
           f"{args.max_length}; train.clients_per_forward=1; MiniLM ({args.layers or 6} layers) "
-          f"fp32; method=lora; simulate.run_round; no evaluation; one fresh process per row "
+          f"fp32; method=lora; engines.local.run_round; no evaluation; one fresh process per row "
           f"(2 torch threads, OMP_WAIT_POLICY={args.omp_wait}).")
     res = series["simulator as is"]
     st = {k: v / 100 for k, v in res[100]["state"].items()}

@@ -2,10 +2,10 @@
 
 Setup: the packaged MiniLM (model.path=minilm), 10 clients, batch 16 per client, method=lora (A
 and B both train, as in the bare loops), fp32 and bf16 autocast, torch.set_num_threads(2). The
-Federation comes from tadlora.runner.build; one "step" = one AdamW step of every client, i.e.
+Federation comes from tadlora.runs.build.build; one "step" = one AdamW step of every client, i.e.
 10 x 16 = 160 samples. Five loops, all on the same examples of the same round:
 
-  sim[all]    simulate.prepare_round + simulate.local_training (= train.local_round) with the
+  sim[all]    federation.prepare_round + federation.local_training (= train.local_round) with the
               default train.clients_per_forward=0: the 10 clients' batches in ONE forward.
               Includes everything the simulator does per step: make_batch (index + collate +
               pad), lora.select, per-client mean losses, per-client gradient clipping, loss
@@ -53,7 +53,8 @@ CPU = torch.device("cpu")
 
 
 def build(args: argparse.Namespace):
-    from tadlora import config, runner
+    from tadlora.runs import build as runner
+    from tadlora.runs import config
 
     cfg = config.load(None, [
         f"clients.n={N_CLIENTS}", "model.path=minilm", f"model.num_layers={args.layers}",
@@ -66,7 +67,7 @@ def peft_model(cfg, num_labels: int) -> tuple[nn.Module, torch.optim.Optimizer]:
     """The same base model (same weights, same seeded head) with one plain peft LoRA adapter."""
     from peft import LoraConfig, get_peft_model
 
-    from tadlora import runner
+    from tadlora.runs import build as runner
 
     base, _ = runner.load_model(cfg, num_labels)
     m = cfg.model
@@ -80,14 +81,15 @@ def peft_model(cfg, num_labels: int) -> tuple[nn.Module, torch.optim.Optimizer]:
 def bare_stacked(model: nn.Module, opt: torch.optim.Optimizer,
                  steps: list[list[tuple[slice, Batch]]], precision: str) -> None:
     """Plain forward / backward / step over the stacked model: no simulator machinery."""
-    from tadlora import lora, train
+    from tadlora.core import lora
+    from tadlora.core import precision as prec
 
     model.train()
     for groups in steps:
         opt.zero_grad(set_to_none=True)
         for g, b in groups:
             rows = b["labels"].shape[0] // (g.stop - g.start)
-            with lora.select(model, g), train.autocast(CPU, precision):
+            with lora.select(model, g), prec.autocast(CPU, precision):
                 logits = model(**{k: v for k, v in b.items() if k != "labels"}).logits.float()
             # sum of per-client means (what the simulator optimises), without splitting per client
             (nn.functional.cross_entropy(logits, b["labels"], reduction="sum") / rows).backward()
@@ -97,13 +99,13 @@ def bare_stacked(model: nn.Module, opt: torch.optim.Optimizer,
 def bare_peft(model: nn.Module, opt: torch.optim.Optimizer, steps: list[list[Batch]],
               precision: str) -> None:
     """Plain peft loop: forward / backward / AdamW.step for every client batch."""
-    from tadlora import train
+    from tadlora.core.precision import autocast
 
     model.train()
     for batches in steps:
         for b in batches:
             opt.zero_grad(set_to_none=True)
-            with train.autocast(CPU, precision):
+            with autocast(CPU, precision):
                 logits = model(**{k: v for k, v in b.items() if k != "labels"}).logits.float()
             nn.functional.cross_entropy(logits, b["labels"]).backward()
             opt.step()
@@ -112,12 +114,12 @@ def bare_peft(model: nn.Module, opt: torch.optim.Optimizer, steps: list[list[Bat
 def round_batches(fed, t: int) -> tuple[list, list]:
     """Round t's batches exactly as the simulator draws them: per group of all clients, and per
     client. Checks that both hold the same examples."""
-    from tadlora import train
+    from tadlora.core import train
 
     grouped = [[(g, fed.make_batch(t, k, g)) for g in train.groups(fed.n_clients, 0)]
-               for k in range(fed.steps)]
+               for k in range(fed.local.steps)]
     single = [[fed.make_batch(t, k, slice(c, c + 1)) for c in range(fed.n_clients)]
-              for k in range(fed.steps)]
+              for k in range(fed.local.steps)]
     for gs, cs in zip(grouped, single, strict=True):
         whole = torch.cat([b["labels"] for _, b in gs])
         assert torch.equal(whole, torch.cat([b["labels"] for b in cs])), "batches differ"
@@ -132,10 +134,10 @@ def tokens(steps: list) -> int:
 
 def measure(precision: str, cfg, exp, peft, args: argparse.Namespace, t0: int) -> dict:
     """Interleaved repetitions of the five loops; returns per-loop times (warm-up dropped)."""
-    from tadlora import simulate
+    from tadlora.core import federation as simulate
 
-    fed_all = replace(exp.fed, precision=precision, per_forward=0)
-    fed_one = replace(exp.fed, precision=precision, per_forward=1)
+    fed_all = replace(exp.fed, local=replace(exp.fed.local, precision=precision, per_forward=0))
+    fed_one = replace(exp.fed, local=replace(exp.fed.local, precision=precision, per_forward=1))
 
     def sim(fed) -> Callable[[int, list, list], None]:
         def go(t: int, grouped: list, single: list) -> None:

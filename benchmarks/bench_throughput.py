@@ -4,7 +4,7 @@ forward, fp32 vs bf16, on CPU or CUDA.
     .venv/bin/python benchmarks/bench_throughput.py [--device cuda] [--clients 10] [--steps 10]
         [--precisions fp32,bf16]
 
-It also prints whether the device computes bf16 natively (train.native_bf16): where it does
+It also prints whether the device computes bf16 natively (core.precision.native_bf16): where it does
 not, bf16 autocast is emulated and slower than fp32, which is why train.precision=auto picks fp32.
 """
 
@@ -15,7 +15,10 @@ import time
 
 import torch
 
-from tadlora import config, runner, simulate, train
+from tadlora.core import federation as simulate
+from tadlora.core.precision import native_bf16
+from tadlora.runs import build as runner
+from tadlora.runs import config
 
 
 def samples_per_second(overrides: list[str], steps: int) -> float:
@@ -23,15 +26,15 @@ def samples_per_second(overrides: list[str], steps: int) -> float:
     fed = exp.fed
     simulate.prepare_round(fed, 0)
     simulate.local_training(fed, 0)  # warm-up (allocator, kernels)
-    if fed.device.type == "cuda":
+    if fed.local.device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     for t in range(1, steps + 1):
         simulate.prepare_round(fed, t)
         simulate.local_training(fed, t)
-    if fed.device.type == "cuda":
+    if fed.local.device.type == "cuda":
         torch.cuda.synchronize()
-    return steps * fed.steps * fed.n_clients * exp.cfg.train.batch_size / (
+    return steps * fed.local.steps * fed.n_clients * exp.cfg.train.batch_size / (
         time.perf_counter() - t0)
 
 
@@ -52,7 +55,7 @@ def main() -> None:
         base.append(f"data.path={args.data_path}")
     cpu = f"CPU x{torch.get_num_threads()} threads"
     name = torch.cuda.get_device_name() if args.device == "cuda" else cpu
-    native = train.native_bf16(torch.device(args.device))
+    native = native_bf16(torch.device(args.device))
     print(f"device: {name} (native bf16: {native}); {args.clients} clients, batch "
           f"{args.batch_size}/client, MiniLM-L6")
     print(f"{'precision':>9} {'clients/forward':>15} {'samples/s':>10}")

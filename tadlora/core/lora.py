@@ -28,10 +28,10 @@ class LoRASpec:
     get LoRA (by name, as in peft), and the classifier head (its modules, and whether it is
     `frozen` or `trained` per client)."""
 
-    r: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.1
-    targets: tuple[str, ...] = ("query", "value")
+    r: int
+    alpha: float
+    dropout: float
+    targets: tuple[str, ...]
     head: str = "frozen"
     head_modules: tuple[str, ...] = ("classifier", "score")
 
