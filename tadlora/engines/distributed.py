@@ -132,17 +132,18 @@ def evaluation(fed: Federation, net: Net, t: int, val: EvalSet) -> dict | None:
     """Every client's own accuracy (each peer its own clients) and, on rank 0, the averaged
     adapter's; rank 0 returns the simulator's evaluation record, the others None."""
     spec = fed.local
-    acc = evaluate.accuracies(fed.model, val, fed.n_clients, spec.precision, spec.device,
-                              spec.per_forward)
+    acc, loss = evaluate.scores(fed.model, val, fed.n_clients, spec.precision, spec.device,
+                                spec.per_forward)
     net.live.guard(lambda: net.live.barrier(f"e{t}"))
-    accs, _ = net.gather(torch.as_tensor(acc, dtype=torch.float64)[:, None], t)
+    mine = torch.stack([torch.as_tensor(acc, dtype=torch.float64), torch.as_tensor(loss)], 1)
+    both, _ = net.gather(mine, t)
     every = gather_named(net, lora.state(fed.model), t)
     if every is None:
         return None
     with evaluate.in_slot(fed.model, {k: x.mean(0) for k, x in every.items()}):
         avg = evaluate.accuracies(fed.model, val, 1, spec.precision, spec.device)
-    a = accs[:, 0].numpy().astype(acc.dtype)  # float32, as the simulator reports it
-    return evaluate.report(a, avg[0])
+    a = both[:, 0].numpy().astype(acc.dtype)  # float32, as the simulator reports it
+    return evaluate.report(a, avg[0], both[:, 1].numpy())
 
 
 @dataclass

@@ -50,11 +50,11 @@ def run_round(fed: Federation, t: int) -> dict:
 def evaluation(fed: Federation, val: EvalSet) -> dict:
     """Every client's own model on the validation set, and the averaged adapter."""
     spec = fed.local
-    acc = evaluate.accuracies(fed.model, val, fed.n_clients, spec.precision, spec.device,
-                              spec.per_forward)
+    acc, loss = evaluate.scores(fed.model, val, fed.n_clients, spec.precision, spec.device,
+                                spec.per_forward)
     with evaluate.averaged(fed.model):
         avg = evaluate.accuracies(fed.model, val, 1, spec.precision, spec.device)
-    return evaluate.report(acc, avg[0])
+    return evaluate.report(acc, avg[0], loss)
 
 
 @dataclass

