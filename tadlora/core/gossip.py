@@ -69,3 +69,33 @@ def bytes_sent(w: np.ndarray, tensors: dict[str, torch.Tensor]) -> list[int]:
     per_client = sum(x[0].numel() * x.element_size() for x in tensors.values())
     off = (w != 0) & ~np.eye(w.shape[0], dtype=bool)
     return [int(k) * per_client for k in off.sum(axis=0)]
+
+
+def product_consensus(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], w: torch.Tensor,
+                      targets: range) -> tuple[dict, dict, float]:
+    """Product consensus (DeCAF-style): target client i gets the rank-r truncated SVD of its
+    mixed product P_i = sum_j W_ij B_j A_j, as B_i = U_r S_r and A_i = V_r^T (orthonormal rows,
+    so no direction of A dies when P_i has rank < r). A client whose P_i is zero (B = 0 at the
+    start) gets the factor-wise mix instead (A stays at its common initialisation). Returns the
+    targets' new A and B rows per layer, and the mean over clients and layers of the relative
+    truncation error ||B'_i A'_i - P_i||_F / ||P_i||_F (its cross-term error; clients with
+    P_i = 0 left out)."""
+    new_a, new_b, errors = {}, {}, []
+    rows = slice(targets.start, targets.stop)
+    with torch.no_grad():
+        for name in a:
+            x, y = a[name].float(), b[name].float()  # (n, r, d_in), (n, d_out, r)
+            w_ = w.to(x.device, torch.float32)[rows]
+            r = x.shape[1]
+            u, s, vh = torch.linalg.svd(_mixed_products(w_, y, x), full_matrices=False)
+            total = s.pow(2).sum(1)
+            zero = total == 0
+            linear_a = torch.einsum("ij,jrd->ird", w_, x)
+            linear_b = torch.einsum("ij,jor->ior", w_, y)
+            keep = ~zero[:, None, None]
+            new_a[name] = torch.where(keep, vh[:, :r], linear_a).to(a[name].dtype)
+            new_b[name] = torch.where(keep, u[:, :, :r] * s[:, None, :r],
+                                      linear_b).to(b[name].dtype)
+            errors.append((s[:, r:].pow(2).sum(1)[~zero] / total[~zero]).sqrt())
+    errors = torch.cat(errors) if errors else torch.zeros(0)
+    return new_a, new_b, errors.mean().item() if errors.numel() else 0.0

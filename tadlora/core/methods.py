@@ -47,6 +47,11 @@ class Joint:
         """Whether the communication graph affects the method (local and fedavg: no)."""
         return bool(self.mixes)
 
+    @property
+    def mixes_products(self) -> bool:
+        """Whether the engines mix the products B A (and re-factorise) instead of A and B."""
+        return False
+
 
 @dataclass(frozen=True)
 class FrozenA(Joint):
@@ -93,6 +98,19 @@ class FedAvg(Joint):
         return False
 
 
+@dataclass(frozen=True)
+class ProductConsensus(Joint):
+    """DeCAF-style product consensus: both factors train; after each round a client receives
+    its neighbours' A and B (what lora sends), forms sum_j W_ij B_j A_j and re-factorises it to
+    rank r by truncated SVD (gossip.product_consensus)."""
+
+    name: str = "decaf"
+
+    @property
+    def mixes_products(self) -> bool:
+        return True
+
+
 # name -> factory(fixed interval or None, callable giving the topology-aware interval). The
 # order is the order of tables and plots.
 Factory = Callable[[int | None, Callable[[], int]], Joint]
@@ -102,6 +120,7 @@ METHODS: dict[str, Factory] = {
     "rolora": lambda fixed, auto: Alternating(name="rolora", interval=1, mix_both=False),
     "adf": lambda fixed, auto: Alternating(name="adf", interval=fixed or ADF_INTERVAL),
     "tad": lambda fixed, auto: Alternating(name="tad", interval=fixed or auto()),
+    "decaf": lambda fixed, auto: ProductConsensus(),
     "local": lambda fixed, auto: Joint(name="local", mixes=NONE),
     "fedavg": lambda fixed, auto: FedAvg(),
 }

@@ -47,14 +47,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..core import evaluate, lora
+from ..core import evaluate, gossip, lora
 from ..core.evaluate import EvalSet
 from ..core.federation import Federation, local_training, mixed_kinds, prepare_round
 from . import exchange, faults, records
 from .base import State
 from .exchange import Received, Stamp
 from .net import EXCHANGES, Net, mixed_keys
-from .robust_mixing import mix_held
+from .robust_mixing import applied, held_factors, mix_held
 
 log = logging.getLogger("tadlora.distributed")
 
@@ -73,7 +73,7 @@ def run_round(fed: Federation, net: Net, t: int) -> dict | None:
     t1 = time.perf_counter()
     got = _exchange(fed, net, t, kinds, w, fac)
     pre = records.diagnostic_rows(net, fac, kinds)
-    _apply(net, fac, kinds, w, got)
+    _apply(fed, net, fac, kinds, w, got)
     transfer = time.perf_counter() - t1
     times = [compute, wait, transfer]
     return records.report(fed, net, t, losses, times, got, pre, kinds, w)
@@ -95,15 +95,31 @@ def _exchange(fed: Federation, net: Net, t: int, kinds: frozenset[str],
     return got
 
 
-def _apply(net: Net, fac: dict, kinds: frozenset[str], w: np.ndarray, got: Received) -> None:
+def _apply(fed: Federation, net: Net, fac: dict, kinds: frozenset[str], w: np.ndarray,
+           got: Received) -> None:
     """Overwrite this peer's clients' mixed tensors with their mixed rows."""
     if not kinds:
         return
-    params = [fac[k][name] for k, name in mixed_keys(fac, kinds)]
-    new = mix_held(w, net.clients, _every_client(net, got, params), got.excluded)
+    keys = mixed_keys(fac, kinds)
+    params = [fac[k][name] for k, name in keys]
+    every = _every_client(net, got, params)
+    new = mix_held(w, net.clients, every, got.excluded)
+    if fed.policy.mixes_products:
+        new = _products(net, keys, every, new, w, got)
     with torch.no_grad():
         for p, x in zip(params, new, strict=True):
             p.copy_(x)
+
+
+def _products(net: Net, keys: list[tuple[str, str]], every: list[torch.Tensor],
+              new: list[torch.Tensor], w: np.ndarray, got: Received) -> list[torch.Tensor]:
+    """`new` with this peer's A and B rows replaced by the product consensus of every client's
+    (the excluded clients' weights go to the rest, as in mix_held)."""
+    held = held_factors(keys, every, got.excluded)
+    wa = torch.as_tensor(applied(w, got.excluded))
+    new_a, new_b, _ = gossip.product_consensus(held["A"], held["B"], wa, net.clients)
+    out = {"A": new_a, "B": new_b}
+    return [out[k][name] if k in out else x for (k, name), x in zip(keys, new, strict=True)]
 
 
 def _every_client(net: Net, got: Received, like: list[torch.Tensor]) -> list[torch.Tensor]:

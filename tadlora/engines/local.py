@@ -29,14 +29,29 @@ def mix_and_measure(model: nn.Module, policy: Joint, w_graph: np.ndarray, t: int
     kinds = mixed_kinds(policy, t)
     tensors = {f"{k}/{n}": p for k in kinds for n, p in fac[k].items()}
     w = torch.as_tensor(policy.weights(w_graph) if tensors else np.eye(len(w_graph)))
-    cross = gossip.cross_term_error(fac["A"], fac["B"], w, *applied_to_factors(w, kinds))
-    gossip.mix(tensors, w)
+    linear = tensors  # what is mixed as it is: everything, or for product consensus the head
+    if policy.mixes_products:
+        cross = mix_products(fac, w)
+        linear = {k: v for k, v in tensors.items() if k.startswith("head/")}
+    else:
+        cross = gossip.cross_term_error(fac["A"], fac["B"], w, *applied_to_factors(w, kinds))
+    gossip.mix(linear, w)
     return {
         "consensus_A": gossip.consensus_distance(fac["A"]),
         "consensus_B": gossip.consensus_distance(fac["B"]),
         "cross_term_error": cross,
         "bytes_sent": gossip.bytes_sent(w.numpy(), tensors),
     }
+
+
+def mix_products(fac: dict, w: torch.Tensor) -> float:
+    """A and B of every client replaced by the product consensus; its truncation error."""
+    new_a, new_b, error = gossip.product_consensus(fac["A"], fac["B"], w, range(len(w)))
+    with torch.no_grad():
+        for name in fac["A"]:
+            fac["A"][name].copy_(new_a[name])
+            fac["B"][name].copy_(new_b[name])
+    return error
 
 
 def run_round(fed: Federation, t: int) -> dict:

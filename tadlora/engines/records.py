@@ -12,7 +12,7 @@ from ..core.federation import Federation, applied_to_factors, round_record
 from . import exchange
 from .exchange import Received
 from .net import EXCHANGES, Net, mixed_keys
-from .robust_mixing import applied, mix_held, renormalised
+from .robust_mixing import applied, held_factors, mix_held, renormalised
 
 
 def rank0_lacks(net: Net, kinds: frozenset[str]) -> list[str]:
@@ -96,11 +96,18 @@ def _diagnostics(net: Net, fed: Federation, kinds: frozenset[str], w: np.ndarray
     bad = set(got.excluded)
     for x in (x for ps in pre.values() for x in ps.values()):
         bad |= set(np.flatnonzero(~torch.isfinite(x.reshape(net.n, -1)).all(1).numpy()))
-    post = {k: {name: mix_held(w, range(net.n), [x], bad)[0] if k in kinds else x
-                for name, x in ps.items()} for k, ps in pre.items()}
-    wu = torch.as_tensor(renormalised(w, bad))
-    done = applied_to_factors(torch.as_tensor(applied(w, bad)), kinds)
+    if fed.policy.mixes_products:
+        keys = [(k, name) for k, ps in pre.items() for name in ps]
+        held = held_factors(keys, [pre[k][name] for k, name in keys], bad)
+        post_a, post_b, cross = gossip.product_consensus(
+            held["A"], held["B"], torch.as_tensor(applied(w, bad)), range(net.n))
+        post = {"A": post_a, "B": post_b}
+    else:
+        post = {k: {name: mix_held(w, range(net.n), [x], bad)[0] if k in kinds else x
+                    for name, x in ps.items()} for k, ps in pre.items()}
+        wu = torch.as_tensor(renormalised(w, bad))
+        done = applied_to_factors(torch.as_tensor(applied(w, bad)), kinds)
+        cross = gossip.cross_term_error(pre["A"], pre["B"], wu, *done)
     values = {"consensus_A": gossip.consensus_distance(post["A"]),
-              "consensus_B": gossip.consensus_distance(post["B"]),
-              "cross_term_error": gossip.cross_term_error(pre["A"], pre["B"], wu, *done)}
+              "consensus_B": gossip.consensus_distance(post["B"]), "cross_term_error": cross}
     return {k: (v if np.isfinite(v) else None) for k, v in values.items()}

@@ -49,3 +49,16 @@ def mix_held(w: np.ndarray, targets: range, tensors: list[torch.Tensor],
                 y[i - targets.start] = x[i]
             out.append(y)
     return out
+
+
+def held_factors(keys: list[tuple[str, str]], every: list[torch.Tensor],
+                 excluded: set[int] | dict[int, str]) -> dict[str, dict[str, torch.Tensor]]:
+    """Every client's A and B rows by layer, the excluded clients' rows zeroed (their weight
+    is zero; NaN * 0 would still be NaN)."""
+    held: dict[str, dict[str, torch.Tensor]] = {"A": {}, "B": {}}
+    for (k, name), x in zip(keys, every, strict=True):
+        if k in held:
+            x = x.clone()
+            x[sorted(excluded)] = 0
+            held[k][name] = x
+    return held
