@@ -27,9 +27,15 @@ from ..runs import config
 from ..runs.config import ConfigError
 from ..runs.rundir import CONFIG, METRICS, RunDir
 from .labels import task_label, topology_label
+from .sweep_file import flat
 
 SAME_IN_GROUP = ("run.seed", "run.name", "run.out_dir", "run.progress", "run.eval_every",
                  "run.checkpoint_every", "topology.rho_samples")
+# what tables lay out as rows, columns and cells: never part of a run's variant
+AXES = ("run.seed", "method.name", "method.switch_interval", "train.lr", "topology.kind",
+        "topology.p", "topology.path", "data.source", "data.path", "data.task")
+# how a run was computed, not what: merged in one cell (with a warning when seeds differ)
+HOW = (*SAME_IN_GROUP, "train.precision", "train.device", "train.clients_per_forward")
 
 
 def is_reference(method: str) -> bool:
@@ -68,8 +74,23 @@ def collect(runs_dir: str | Path) -> list[dict]:
                 rows.append(_read_run(cfg_file.parent, root))
             except (ConfigError, ValueError, KeyError, OSError) as e:
                 print(f"tadlora report: skipping {cfg_file.parent}: {e}", file=sys.stderr)
+    _variants(rows)
     _label(rows)
     return rows
+
+
+def _variants(rows: list[dict]) -> None:
+    """row["variant"]: the settings that vary across the runs besides the tables' axes (e.g.
+    train.local_steps in a phase map); each variant is reported as a task of its own,
+    "synthetic [local_steps=5]"."""
+    flats = [flat(config.to_dict(r["cfg"])) for r in rows]
+    varying = sorted({k for f in flats for k in f if k not in AXES and k not in HOW
+                      and not k.startswith("distributed.")
+                      and len({repr(g.get(k)) for g in flats}) > 1})
+    for r, f in zip(rows, flats, strict=True):
+        r["variant"] = {k: f[k] for k in varying}
+        if varying:
+            r["task"] += " [" + ", ".join(f"{k.split('.', 1)[1]}={f[k]}" for k in varying) + "]"
 
 
 def _label(rows: list[dict]) -> None:
@@ -95,7 +116,7 @@ def order(label: str) -> tuple:
     """Sort key of a row label: the methods' registry order, then T."""
     method, _, rest = label.partition(" ")
     names = list(METHODS)
-    rank = names.index(method) if method in names else len(names)
+    rank = 0
     t = rest.removeprefix("T=")
     return rank, method, not t.isdigit(), int(t) if t.isdigit() else 0, t
 
