@@ -116,7 +116,7 @@ def order(label: str) -> tuple:
     """Sort key of a row label: the methods' registry order, then T."""
     method, _, rest = label.partition(" ")
     names = list(METHODS)
-    rank = 0
+    rank = names.index(method) if method in names else len(names)
     t = rest.removeprefix("T=")
     return rank, method, not t.isdigit(), int(t) if t.isdigit() else 0, t
 
