@@ -26,7 +26,7 @@ def save_tiny(directory, dropout: bool = True) -> str:
     """The tiny random BERT (optionally without dropout) saved with the packaged tokenizer."""
     from transformers import AutoTokenizer
 
-    from tadlora.runner import model_path
+    from tadlora.runs.build import model_path
 
     m = tiny_bert()
     if not dropout:
@@ -49,3 +49,23 @@ def tiny_run_args(model_dir, out_dir, name, *extra):
             "data.examples_per_client=24", "data.val_size=40", "data.max_length=32",
             "train.local_steps=2", "train.batch_size=4", "topology.p=0.5",
             "topology.rho_samples=200", *extra]
+
+
+@pytest.fixture(scope="session")
+def nodrop_model_dir(tmp_path_factory):
+    """The tiny random BERT without dropout (peer runs: parity across forward groupings)."""
+    return save_tiny(tmp_path_factory.mktemp("tiny-bert-nodrop"), dropout=False)
+
+
+@pytest.fixture(scope="session")
+def two_peers(nodrop_model_dir, tmp_path_factory):
+    """A 2-peer all_gather run of tad by `tadlora launch`, every round's slices kept:
+    (its overrides, its run directory)."""
+    from tests.engines.peers import args, tadlora
+
+    out = tmp_path_factory.mktemp("two-peers")
+    argv = args(nodrop_model_dir, out, "d", "method.name=tad", "distributed.keep_slices=true")
+    rc, stdout, err = tadlora("launch", "--peers", "2", *argv)
+    assert rc == 0, err
+    assert "averaged adapter" in stdout and f"run directory: {out / 'd'}" in stdout
+    return argv, out / "d"

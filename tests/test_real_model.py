@@ -3,7 +3,8 @@ Rotten Tomatoes sentences (chance is 0.5)."""
 
 import pytest
 
-from tadlora import config, runner
+from tadlora.runs import config, loop
+from tadlora.runs.rundir import RunDir
 
 
 @pytest.mark.slow
@@ -14,7 +15,7 @@ def test_two_layer_minilm_learns(tmp_path):
         "data.examples_per_client=160", "data.val_size=300", "train.local_steps=4",
         "train.lr=1e-2", "train.lr_schedule=constant", "train.precision=fp32",
         "model.head=trained", "method.name=lora", "topology.kind=complete"])
-    _, summary = runner.run(cfg)
-    rows = runner.read_metrics(tmp_path / "real")
+    _, summary = loop.run(cfg)
+    rows = RunDir(tmp_path / "real").records()
     assert rows[-1]["train_loss"] < rows[0]["train_loss"] - 0.03
     assert summary["mean"] >= 0.65, summary

@@ -1,11 +1,11 @@
-import json
-import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tadlora import topology as tp
+from tadlora.core import topology as tp
+from tadlora.core.methods import switch_interval
+from tests.core.test_graph_files import _write
 
 N = 10
 REFERENCE_RHO = [  # METHOD.md: 10 clients, MH weights, Monte Carlo
@@ -69,7 +69,9 @@ def test_never_mixing_process_has_rho_one() -> None:
 def test_disconnected_graph_has_no_auto_interval(tmp_path: Path) -> None:
     path = _write(tmp_path, "two_parts.txt", "0 1\n2 3\n")
     stats = tp.topology_stats("file", 4, path=path, samples=2)
-    assert stats.rho == 1.0 and stats.spectral_gap == 0.0 and stats.auto_interval is None
+    assert stats.rho == 1.0 and stats.spectral_gap == 0.0
+    with pytest.raises(ValueError, match="never mixes"):  # no T brings it to consensus
+        switch_interval(stats.rho, 1.0)
 
 
 def test_single_client_is_trivially_in_consensus() -> None:
@@ -170,48 +172,15 @@ def test_uniform_weights() -> None:
     np.testing.assert_allclose(tp.uniform_weights(4), np.full((4, 4), 0.25))
 
 
-# --- switching interval and stats --------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "rho,c,expected",
-    [
-        (0.0, 1.0, 1),
-        (0.75, 1.0, 2),
-        (0.96, 1.0, 5),
-        (0.99, 1.0, 10),
-        (0.91, 3.0, 10),
-        (0.5, 0.1, 1),
-    ],
-)
-def test_switch_interval(rho: float, c: float, expected: int) -> None:
-    assert tp.switch_interval(rho, c) == expected
-
-
-def test_switch_interval_grows_as_connectivity_weakens() -> None:
-    rhos = [0.15, 0.43, 0.64, 0.79, 0.91, 0.95]
-    intervals = [tp.switch_interval(rho, 2.0) for rho in rhos]
-    assert intervals == sorted(intervals) and intervals[-1] > intervals[0]
-
-
-@pytest.mark.parametrize("rho", [1.0, 1.2])
-def test_switch_interval_rejects_never_mixing(rho: float) -> None:
-    with pytest.raises(ValueError, match="never mixes"):
-        tp.switch_interval(rho, 1.0)
-
-
-def test_switch_interval_rejects_bad_arguments() -> None:
-    with pytest.raises(ValueError, match="c > 0"):
-        tp.switch_interval(0.5, 0.0)
+# --- stats ------------------------------------------------------------------------------------
 
 
 def test_topology_stats() -> None:
-    stats = tp.topology_stats("ring", N, c=2.0, samples=5)
+    stats = tp.topology_stats("ring", N, samples=5)
     assert stats.rho == pytest.approx(0.7618, abs=1e-3)
     assert stats.spectral_gap == pytest.approx(1 - stats.rho)
     assert stats.mean_degree == 2.0
-    assert stats.auto_interval == tp.switch_interval(stats.rho, 2.0) == 4
-    assert tp.DEFAULT_C == 1.0
+    assert switch_interval(stats.rho, 2.0) == 4  # the auto T `tadlora topology` prints
 
 
 # --- argument validation -----------------------------------------------------------------------
@@ -242,80 +211,3 @@ def test_bad_n(n: int) -> None:
 def test_bad_seed() -> None:
     with pytest.raises(ValueError, match="seed must be a non-negative integer"):
         tp.graph_process("er", N, -1)
-
-
-# --- graph files -------------------------------------------------------------------------------
-
-
-def _write(tmp_path: Path, name: str, text: str) -> str:
-    path = tmp_path / name
-    path.write_text(text)
-    return str(path)
-
-
-def _edges(adj: np.ndarray) -> list[tuple[int, int]]:
-    return [(int(i), int(j)) for i, j in zip(*np.nonzero(np.triu(adj)), strict=True)]
-
-
-def test_file_json(tmp_path: Path) -> None:
-    path = _write(tmp_path, "g.json", json.dumps({"n": 4, "edges": [[0, 1], [1, 2]]}))
-    adj = tp.from_file(path)
-    assert _is_adjacency(adj, 4) and _edges(adj) == [(0, 1), (1, 2)]
-
-
-def test_file_edge_list_with_comments_and_duplicates(tmp_path: Path) -> None:
-    text = "# a path\n\n0 1  # first\n1 2\n2 1\n0 1\n"
-    adj = tp.from_file(_write(tmp_path, "g.txt", text))
-    assert _is_adjacency(adj, 3) and _edges(adj) == [(0, 1), (1, 2)]
-
-
-def test_file_edge_list_with_n_line(tmp_path: Path) -> None:
-    adj = tp.from_file(_write(tmp_path, "g.txt", "# header\nn 6\n0 1\n"))
-    assert adj.shape == (6, 6) and _edges(adj) == [(0, 1)]
-
-
-def test_file_graph_process_is_static(tmp_path: Path) -> None:
-    path = _write(tmp_path, "g.txt", "0 1\n1 2\n2 3\n3 0\n")
-    mixing = tp.mixing_process("file", 4, 0, path=path)
-    np.testing.assert_array_equal(mixing(0), mixing(99))
-    assert tp.contraction(mixing, 4, samples=2) == pytest.approx(1 / 9)  # 4-cycle: (1/3)^2
-
-
-@pytest.mark.parametrize(
-    "text,match",
-    [
-        ("0 1\n2 2\n", r"line 2: self-loop 2-2"),
-        ("n 3\n0 1\n1 3\n", r"line 3: edge 1-3 is out of range; with n = 3 .* 0\.\.2"),
-        ("0 1\n-1 2\n", r"line 2: edge -1-2 is out of range"),
-        ("0 1\n1 2 3\n", r"line 2: cannot parse '1 2 3'; expected 'i j'"),
-        ("0 1\nzero one\n", r"line 2: cannot parse"),
-        ("0 1\n--1 2\n", r"line 2: cannot parse"),
-        ("0 1\nn 4\n", r"line 2: the 'n <count>' line must be the first line"),
-        ("# nothing\n", r"no edges and no n given"),
-        ('{"n": 3, "edges": [[0, 1], [1]]}', r"edges\[1\]: expected \[i, j\] integers"),
-        ('{"n": 3, "edges": [[0, 3]]}', r"edges\[0\]: edge 0-3 is out of range"),
-        ('{"n": 3, "edge": [[0, 1]]}', r"expected \{\"n\": <int>"),
-        ('{"n": "3", "edges": []}', r'"n" must be an integer'),
-        ('{"n": 3, "edges": [[0, 1]', r"invalid JSON at line 1"),
-    ],
-)
-def test_file_errors_name_file_and_line(tmp_path: Path, text: str, match: str) -> None:
-    path = _write(tmp_path, "bad.txt", text)
-    with pytest.raises(ValueError, match=match) as err:
-        tp.from_file(path)
-    assert path in str(err.value)
-
-
-def test_file_size_must_match_clients(tmp_path: Path) -> None:
-    path = _write(tmp_path, "g.txt", "n 8\n0 1\n")
-    with pytest.raises(
-        ValueError, match=re.escape(f"graph file {path} has 8 nodes but clients.n = 10")
-    ):
-        tp.graph_process("file", 10, 0, path=path)
-
-
-def test_file_missing_or_not_given(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="does not exist"):
-        tp.graph_process("file", 4, 0, path=str(tmp_path / "nope.txt"))
-    with pytest.raises(ValueError, match="needs a path"):
-        tp.graph_process("file", 4, 0)

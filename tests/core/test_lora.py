@@ -2,16 +2,21 @@ import copy
 
 import pytest
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, get_peft_model
 from torch import nn
 
-from tadlora import lora
+from tadlora.core import lora
 
 TARGETS = ["query", "value"]
 
 
+def spec(r=4, alpha=8.0, dropout=0.0, train_head=False, targets=TARGETS):
+    return lora.LoRASpec(r=r, alpha=alpha, dropout=dropout, targets=tuple(targets),
+                         head="trained" if train_head else "frozen", head_modules=("classifier",))
+
+
 def stacked(model, n=3, r=4, alpha=8.0, dropout=0.0, seed=0, train_head=False):
-    return lora.inject(model, n, TARGETS, r, alpha, dropout, seed, ["classifier"], train_head)
+    return lora.inject(model, n, spec(r, alpha, dropout, train_head), seed)
 
 
 def randomize(model, seed=1):
@@ -61,7 +66,7 @@ def test_only_factors_trainable(tiny_model):
 
 def test_unknown_target_fails_with_names(tiny_model):
     with pytest.raises(ValueError, match="matches no linear layer"):
-        lora.inject(tiny_model, 2, ["nope"], 4, 8, 0.0, 0, ["classifier"], False)
+        lora.inject(tiny_model, 2, spec(targets=["nope"]), 0)
 
 
 @pytest.mark.parametrize("client", [0, 2])
@@ -129,28 +134,3 @@ def test_state_roundtrip_and_mismatch(tiny_model):
 
 def tiny_bert_like(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model).__class__(model.config)
-
-
-@pytest.mark.parametrize("train_head", [False, True])
-def test_peft_export_loads_with_peft_and_gives_same_logits(tiny_model, tmp_path, train_head):
-    base = copy.deepcopy(tiny_model)
-    model = stacked(tiny_model, train_head=train_head).eval()
-    randomize(model)
-    out = lora.export_peft(model, 1, tmp_path / "c1", TARGETS, 4, 8.0, 0.0, ["classifier"])
-    x = batch()
-    with lora.select(model, slice(1, 2)), torch.no_grad():
-        ours = model(**x).logits
-    loaded = PeftModel.from_pretrained(copy.deepcopy(base), str(out)).eval()
-    with torch.no_grad():
-        ref = loaded(**x).logits
-    assert (ours - ref).abs().max().item() <= 1e-5
-
-
-def test_peft_import_roundtrip(tiny_model, tmp_path):
-    model = stacked(tiny_model, train_head=True)
-    randomize(model)
-    lora.export_peft(model, 0, tmp_path, TARGETS, 4, 8.0, 0.0, ["classifier"])
-    lora.import_peft(model, 2, tmp_path, ["classifier"])
-    for ps in lora.factors(model).values():
-        for p in ps.values():
-            assert torch.equal(p[0], p[2])

@@ -1,9 +1,9 @@
-"""Tests for tadlora.partition: the paper's label skew, Dirichlet, iid."""
+"""Tests for tadlora.data.partition: the paper's label skew, Dirichlet, iid."""
 
 import numpy as np
 import pytest
 
-from tadlora.partition import label_counts, label_skew_proportions, partition
+from tadlora.data.partition import label_counts, label_skew_proportions, partition
 
 
 def test_label_skew_reproduces_paper_cases() -> None:

@@ -1,7 +1,11 @@
+from pathlib import Path
+
 import pytest
 
-from tadlora import config
-from tadlora.config import ConfigError
+from tadlora.runs import config
+from tadlora.runs.config import ConfigError
+
+CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.toml"))
 
 
 def test_defaults_are_valid_and_cover_the_required_keys():
@@ -72,3 +76,13 @@ def test_resolved_toml_roundtrip(tmp_path):
     f = tmp_path / "r.toml"
     f.write_text(config.to_toml(cfg))
     assert config.load(f) == cfg
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_config_loads(path):
+    """Every config file shipped in configs/ is valid."""
+    assert isinstance(config.load(path), config.Config)
+
+
+def test_configs_are_shipped():
+    assert CONFIGS  # the parametrized test above would pass vacuously on a moved folder

@@ -1,0 +1,94 @@
+"""Graph files: JSON or edge lists, their error messages, and the static process they give."""
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tadlora.core import topology as tp
+from tadlora.core.graph_files import from_file
+
+
+def _is_adjacency(adj: np.ndarray, n: int) -> bool:
+    return (
+        adj.dtype == bool
+        and adj.shape == (n, n)
+        and np.array_equal(adj, adj.T)
+        and not adj.diagonal().any()
+    )
+
+
+def _write(tmp_path: Path, name: str, text: str) -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def _edges(adj: np.ndarray) -> list[tuple[int, int]]:
+    return [(int(i), int(j)) for i, j in zip(*np.nonzero(np.triu(adj)), strict=True)]
+
+
+def test_file_json(tmp_path: Path) -> None:
+    path = _write(tmp_path, "g.json", json.dumps({"n": 4, "edges": [[0, 1], [1, 2]]}))
+    adj = from_file(path)
+    assert _is_adjacency(adj, 4) and _edges(adj) == [(0, 1), (1, 2)]
+
+
+def test_file_edge_list_with_comments_and_duplicates(tmp_path: Path) -> None:
+    text = "# a path\n\n0 1  # first\n1 2\n2 1\n0 1\n"
+    adj = from_file(_write(tmp_path, "g.txt", text))
+    assert _is_adjacency(adj, 3) and _edges(adj) == [(0, 1), (1, 2)]
+
+
+def test_file_edge_list_with_n_line(tmp_path: Path) -> None:
+    adj = from_file(_write(tmp_path, "g.txt", "# header\nn 6\n0 1\n"))
+    assert adj.shape == (6, 6) and _edges(adj) == [(0, 1)]
+
+
+def test_file_graph_process_is_static(tmp_path: Path) -> None:
+    path = _write(tmp_path, "g.txt", "0 1\n1 2\n2 3\n3 0\n")
+    mixing = tp.mixing_process("file", 4, 0, path=path)
+    np.testing.assert_array_equal(mixing(0), mixing(99))
+    assert tp.contraction(mixing, 4, samples=2) == pytest.approx(1 / 9)  # 4-cycle: (1/3)^2
+
+
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("0 1\n2 2\n", r"line 2: self-loop 2-2"),
+        ("n 3\n0 1\n1 3\n", r"line 3: edge 1-3 is out of range; with n = 3 .* 0\.\.2"),
+        ("0 1\n-1 2\n", r"line 2: edge -1-2 is out of range"),
+        ("0 1\n1 2 3\n", r"line 2: cannot parse '1 2 3'; expected 'i j'"),
+        ("0 1\nzero one\n", r"line 2: cannot parse"),
+        ("0 1\n--1 2\n", r"line 2: cannot parse"),
+        ("0 1\nn 4\n", r"line 2: the 'n <count>' line must be the first line"),
+        ("# nothing\n", r"no edges and no n given"),
+        ('{"n": 3, "edges": [[0, 1], [1]]}', r"edges\[1\]: expected \[i, j\] integers"),
+        ('{"n": 3, "edges": [[0, 3]]}', r"edges\[0\]: edge 0-3 is out of range"),
+        ('{"n": 3, "edge": [[0, 1]]}', r"expected \{\"n\": <int>"),
+        ('{"n": "3", "edges": []}', r'"n" must be an integer'),
+        ('{"n": 3, "edges": [[0, 1]', r"invalid JSON at line 1"),
+    ],
+)
+def test_file_errors_name_file_and_line(tmp_path: Path, text: str, match: str) -> None:
+    path = _write(tmp_path, "bad.txt", text)
+    with pytest.raises(ValueError, match=match) as err:
+        from_file(path)
+    assert path in str(err.value)
+
+
+def test_file_size_must_match_clients(tmp_path: Path) -> None:
+    path = _write(tmp_path, "g.txt", "n 8\n0 1\n")
+    with pytest.raises(
+        ValueError, match=re.escape(f"graph file {path} has 8 nodes but clients.n = 10")
+    ):
+        tp.graph_process("file", 10, 0, path=path)
+
+
+def test_file_missing_or_not_given(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="does not exist"):
+        tp.graph_process("file", 4, 0, path=str(tmp_path / "nope.txt"))
+    with pytest.raises(ValueError, match="needs a path"):
+        tp.graph_process("file", 4, 0)

@@ -1,0 +1,103 @@
+
+import numpy as np
+import pytest
+
+from tadlora.core import methods
+
+A, B, AB, NONE = frozenset("A"), frozenset("B"), frozenset("AB"), frozenset()
+
+
+def schedule(name, rounds=8, fixed=None, auto=3):
+    pol = methods.make(name, fixed, lambda: auto)
+    return [(pol.trainable(t), pol.mixed(t)) for t in range(rounds)]
+
+
+def test_lora_trains_and_mixes_both():
+    assert schedule("lora") == [(AB, AB)] * 8
+
+
+def test_ffa_trains_and_mixes_b_only():
+    assert schedule("ffa") == [(B, B)] * 8
+
+
+def test_rolora_alternates_every_round_and_mixes_the_active_factor():
+    assert schedule("rolora", 4) == [(B, B), (A, A), (B, B), (A, A)]
+
+
+def test_adf_switches_every_5_rounds_mixing_both():
+    s = schedule("adf", 12)
+    assert [t for t, _ in s] == [B] * 5 + [A] * 5 + [B] * 2
+    assert all(m == AB for _, m in s)
+
+
+def test_tad_fixed_and_auto_interval():
+    fixed = schedule("tad", 6, fixed=2)
+    assert [t for t, _ in fixed] == [B, B, A, A, B, B] and all(m == AB for _, m in fixed)
+    auto = schedule("tad", 7, auto=3)
+    assert [t for t, _ in auto] == [B, B, B, A, A, A, B]
+    assert methods.make("tad", None, lambda: 4).interval == 4
+
+
+def test_auto_is_only_computed_when_needed():
+    def boom():
+        raise AssertionError("rho should not be computed")
+    for name in ["lora", "ffa", "rolora", "local", "fedavg"]:
+        methods.make(name, None, boom)
+    methods.make("tad", 2, boom)
+    assert methods.make("adf", None, boom).interval == 5
+
+
+def test_local_mixes_nothing_and_fedavg_uses_uniform_weights():
+    assert schedule("local", 3) == [(AB, NONE)] * 3
+    w = np.eye(4)
+    assert np.allclose(methods.make("fedavg", None, lambda: 1).weights(w), np.full((4, 4), 0.25))
+    assert methods.make("lora", None, lambda: 1).weights(w) is w
+
+
+def test_unknown_method_lists_valid_names():
+    with pytest.raises(ValueError, match=f"valid: {', '.join(methods.METHODS)}$"):
+        methods.make("dora", None, lambda: 1)
+    paper = ["lora", "ffa", "rolora", "adf", "tad", "local", "fedavg"]  # the tables' order
+    assert [m for m in methods.METHODS if m in paper] == paper
+
+
+# --- the topology-aware switching interval --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "rho,c,expected",
+    [
+        (0.0, 1.0, 1),
+        (0.75, 1.0, 2),
+        (0.96, 1.0, 5),
+        (0.99, 1.0, 10),
+        (0.91, 3.0, 10),
+        (0.5, 0.1, 1),
+    ],
+)
+def test_switch_interval(rho: float, c: float, expected: int) -> None:
+    assert methods.switch_interval(rho, c) == expected
+
+
+def test_switch_interval_grows_as_connectivity_weakens() -> None:
+    rhos = [0.15, 0.43, 0.64, 0.79, 0.91, 0.95]
+    intervals = [methods.switch_interval(rho, 2.0) for rho in rhos]
+    assert intervals == sorted(intervals) and intervals[-1] > intervals[0]
+
+
+@pytest.mark.parametrize("rho", [1.0, 1.2])
+def test_switch_interval_rejects_never_mixing(rho: float) -> None:
+    with pytest.raises(ValueError, match="never mixes"):
+        methods.switch_interval(rho, 1.0)
+
+
+def test_switch_interval_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="c > 0"):
+        methods.switch_interval(0.5, 0.0)
+
+
+def test_default_c() -> None:
+    assert methods.DEFAULT_C == 1.0
+
+
+# --- a method added in one line -----------------------------------------------------------------

@@ -1,0 +1,124 @@
+"""Local dataset directories (source 'files'): formats, labels, and errors naming the file
+and line."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tadlora.data.sources import load_source
+
+GLUE_LITE = Path(__file__).resolve().parents[3] / "shared" / "data" / "glue-lite"
+
+
+ROWS = [
+    {"text_a": "a cat sat", "text_b": "a cat", "label": "yes"},
+    {"text_a": "dogs bark", "text_b": "cats bark", "label": "no"},
+    {"text_a": "it, \"quoted\"", "text_b": "x", "label": "yes"},
+]
+
+
+def _write(path: Path, rows: list[dict], fmt: str) -> None:
+    keys = list(rows[0])
+    if fmt == "jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    elif fmt == "csv":
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, keys)
+            writer.writeheader()
+            writer.writerows(rows)
+    else:
+        lines = ["\t".join(keys)] + ["\t".join(str(r[k]) for k in keys) for r in rows]
+        path.write_text("\n".join(lines) + "\n")
+
+
+def _dir(tmp_path: Path, rows: list[dict], fmt: str = "jsonl", labels: list | None = None,
+         val_rows: list[dict] | None = None) -> str:
+    _write(tmp_path / f"train.{fmt}", rows, fmt)
+    _write(tmp_path / f"validation.{fmt}", val_rows or rows[:2], fmt)
+    if labels is not None:
+        (tmp_path / "labels.json").write_text(json.dumps(labels))
+    return str(tmp_path)
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "tsv"])
+@pytest.mark.parametrize("pairs", [True, False])
+def test_files_source_formats(tmp_path, fmt: str, pairs: bool) -> None:
+    rows = ROWS if pairs else [{k: v for k, v in r.items() if k != "text_b"} for r in ROWS]
+    train, val = load_source("files", _dir(tmp_path, rows, fmt))
+    assert train.text_a == [r["text_a"] for r in ROWS] and len(val) == 2
+    assert train.text_b == ([r["text_b"] for r in ROWS] if pairs else None)
+    assert train.label_names == ["no", "yes"]  # sorted without labels.json
+    assert train.labels.tolist() == [1, 0, 1] and train.labels.dtype == np.int64
+
+
+def test_files_labels_json_order_and_int_labels(tmp_path) -> None:
+    train, _ = load_source("files", _dir(tmp_path, ROWS, labels=["yes", "no"]))
+    assert train.label_names == ["yes", "no"] and train.labels.tolist() == [0, 1, 0]
+    ints = [{"text_a": "x", "label": v} for v in (2, 0, 1)]
+    (tmp_path / "ints").mkdir()
+    train, _ = load_source("files", _dir(tmp_path / "ints", ints, "csv"))  # "2" read as int
+    assert train.labels.tolist() == [2, 0, 1] and train.label_names == ["0", "1", "2"]
+
+
+def test_files_tolerates_byte_order_mark(tmp_path) -> None:
+    (tmp_path / "train.tsv").write_text("\ufefftext_a\tlabel\nx\tyes\n", encoding="utf-8")
+    (tmp_path / "validation.jsonl").write_text('\ufeff{"text_a": "y", "label": "no"}\n')
+    train, val = load_source("files", str(tmp_path))
+    assert train.text_a == ["x"] and val.labels.tolist() == [0]
+
+
+def test_files_task_picks_validation_file(tmp_path) -> None:
+    path = _dir(tmp_path, ROWS)
+    _write(tmp_path / "validation_mismatched.tsv", ROWS[2:], "tsv")
+    assert len(load_source("files", path, task="validation_mismatched")[1]) == 1
+    assert len(load_source("files", path, task="sst2")[1]) == 2  # no such file: ignored
+
+
+def test_glue_lite_mnli() -> None:
+    if not (GLUE_LITE / "mnli" / "train.jsonl").is_file():
+        pytest.skip(f"no glue-lite data at {GLUE_LITE}")
+    train, val = load_source("files", str(GLUE_LITE / "mnli"))
+    assert (len(train), len(val)) == (48259, 1841)
+    assert train.label_names == ["entailment", "neutral", "contradiction"]
+    assert train.text_b is not None and np.bincount(val.labels).tolist() == [672, 594, 575]
+    _, mismatched = load_source("files", str(GLUE_LITE / "mnli"), task="validation_mismatched")
+    assert len(mismatched) == 1904
+
+
+@pytest.mark.parametrize("line, match", [
+    ('{"text_a": "x", "label": "yes"', r"train\.jsonl:2: bad JSON"),
+    ('{"label": "yes"}', r"train\.jsonl:2: missing field 'text_a'"),
+    ('{"text_a": "x"}', r"train\.jsonl:2: missing field 'label'"),
+    ('{"text_a": "x", "label": "maybe"}', r"train\.jsonl:2: label 'maybe' not in .*labels\.json"),
+    ('{"text_a": "x", "text_b": "y", "label": "no"}', r"train\.jsonl:2: text_b present on some"),
+    ('{"text_a": 3, "label": "no"}', r"train\.jsonl:2: field 'text_a' must be a string"),
+    ('[1, 2]', r"train\.jsonl:2: expected a JSON object"),
+])
+def test_malformed_jsonl_names_file_and_line(tmp_path, line: str, match: str) -> None:
+    good = json.dumps({"text_a": "x", "label": "yes"})
+    (tmp_path / "train.jsonl").write_text(f"{good}\n{line}\n")
+    (tmp_path / "validation.jsonl").write_text(good + "\n")
+    (tmp_path / "labels.json").write_text('["no", "yes"]')
+    with pytest.raises(ValueError, match=match):
+        load_source("files", str(tmp_path))
+
+
+def test_missing_and_empty_files_are_explained(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="not found.*train.*validation"):
+        load_source("files", str(tmp_path / "nope"))
+    (tmp_path / "train.jsonl").write_text("")
+    with pytest.raises(FileNotFoundError, match="no validation.jsonl, validation.csv"):
+        load_source("files", str(tmp_path))
+    (tmp_path / "validation.jsonl").write_text('{"text_a": "x", "label": 0}\n')
+    with pytest.raises(ValueError, match=r"train\.jsonl: no examples"):
+        load_source("files", str(tmp_path))
+    (tmp_path / "train.jsonl").unlink()
+    (tmp_path / "train.tsv").write_text("text_a\tlabel\nx\t0\ny\n")
+    with pytest.raises(ValueError, match=r"train\.tsv:3: 1 fields, header has 2"):
+        load_source("files", str(tmp_path))
+

@@ -1,0 +1,142 @@
+"""Real peers on torch.distributed (gloo, 127.0.0.1): parity with the in-process engine,
+faults (a killed peer, a frozen peer, NaN and wrong-shape payloads), resume, and two torchrun
+node groups. Every process group is started in its own session and killed on timeout
+(tests/engines/peers.py)."""
+
+import json
+import sys
+
+import torch
+
+from tadlora.core.federation import mixed_kinds
+from tadlora.engines import exchange
+from tadlora.runs import config
+from tadlora.runs.build import mixing, policy
+from tests.engines.peers import (
+    args,
+    assert_close_records,
+    close,
+    elsewhere,
+    free_port,
+    merged,
+    records,
+    reference,
+    run_group,
+    same_as_simulator,
+    slices_of_round,
+    tadlora,
+)
+
+# ------------------------------------------------------------------ parity with the simulator
+
+
+def test_two_peers_all_gather_match_the_simulator_every_round(two_peers):
+    check_parity(*two_peers, peers=2, mode="all_gather")
+
+
+def test_four_peers_p2p_match_the_simulator_every_round(nodrop_model_dir, tmp_path):
+    argv = args(nodrop_model_dir, tmp_path, "d", "method.name=rolora", "distributed.mode=p2p",
+                "distributed.keep_slices=true")
+    rc, _, err = tadlora("launch", "--peers", "4", *argv)
+    assert rc == 0, err
+    check_parity(argv, tmp_path / "d", peers=4, mode="p2p")
+
+
+def check_parity(argv, d, peers, mode):
+    """The run in `d` is bit for bit the simulator's with the peers' forward groups, and
+    within 1e-6 of the simulator's default (one group): every client's tensors after every
+    round, the records and the summary. Bytes are what the mode must send."""
+    states, want, _ = reference([*argv, f"train.clients_per_forward={8 // peers}"])
+    got_records = records(d)
+    for t, state in enumerate(states):
+        got = slices_of_round(d, t + 1)
+        assert all(torch.equal(got[k], v) for k, v in state.items()), t
+        assert same_as_simulator(got_records[t], want[t])
+    states, want, summary = reference(argv)
+    for t, state in enumerate(states):
+        got = slices_of_round(d, t + 1)
+        for k, v in state.items():
+            assert (got[k] - v).abs().max() <= 1e-6, (t, k)
+    assert_close_records(got_records, want)
+    assert all(r["peers"] == peers and r["mode"] == mode for r in got_records)
+    got_summary = json.loads((d / "summary.json").read_text())
+    for key, value in summary.items():
+        if key != "wall_time_s":
+            assert close(got_summary[key], value), key
+    assert config.load(d / "config.toml") == config.load(None, argv)
+    final = merged(d)
+    assert all((final[k] - v).abs().max() <= 1e-6 for k, v in states[-1].items())
+    cfg = config.load(None, argv)
+    pol, mix = policy(cfg)[0], mixing(cfg)
+    slices = exchange.client_slices(8, peers)
+    for r in got_records:  # bytes: all_gather sends every row to every other peer; p2p the least
+        kinds = mixed_kinds(pol, r["round"])
+        row = 4 * sum(v[0].numel() for k, v in states[0].items() if k.split("/")[0] in kinds)
+        w = pol.weights(mix(r["round"]))
+        least = exchange.least_bytes(w, slices, row)
+        assert r["bytes_sent"] == (least if mode == "p2p" else [row * (peers - 1)] * 8)
+
+
+# ------------------------------------------------------------------ faults and resume
+
+
+def test_killed_peer_is_named_and_the_run_resumes_to_the_same_result(nodrop_model_dir,
+                                                                      tmp_path):
+    argv = args(nodrop_model_dir, tmp_path, "k", "method.name=lora")
+    rc, _, err = tadlora("launch", "--peers", "2", *argv, env={"TADLORA_FAULT": "kill:1:2"})
+    assert rc == 3
+    assert "lost rank 1: was killed by SIGKILL" in err
+    assert "--resume" in err
+    d = tmp_path / "k"
+    assert [r["round"] for r in records(d)] == [0, 1]  # no finished round lost
+    assert not (d / "summary.json").exists()
+    rc, out, err = tadlora("launch", "--peers", "2", "--resume", str(d))
+    assert rc == 0, err
+    states, want, summary = reference(argv)
+    assert_close_records(records(d), want)
+    final = merged(d)
+    assert all((final[k] - v).abs().max() <= 1e-6 for k, v in states[-1].items())
+    assert not (d / "peers").exists()
+
+
+def test_bad_payloads_are_left_out_and_a_frozen_peer_is_detected(nodrop_model_dir, tmp_path):
+    """One run, three faults: rank 1 sends a NaN in round 0, rank 0 a payload one column too
+    wide in round 1 (both left out of that round's mixing, with a warning, and the run goes
+    on), then rank 1 freezes (SIGSTOP) in round 2: rank 0 names it within the 3 s timeout,
+    keeps the checkpoint and exits; the launcher kills the frozen process."""
+    argv = args(nodrop_model_dir, tmp_path, "f", "method.name=lora", "distributed.timeout_s=3")
+    rc, _, err = tadlora("launch", "--peers", "2", *argv,
+                         env={"TADLORA_FAULT": "nan:1:0,shape:0:1,hang:1:2"})
+    assert rc == 3
+    assert "round 0: client 4 left out of the mixing: non-finite values from rank 1" in err
+    assert "round 1: client 0 left out of the mixing: rank 0 sent a bad payload (wrong width" in err
+    assert "lost rank 1: no heartbeat" in err
+    assert "rank 1 did not stop on its own" in err
+    rows = records(tmp_path / "f")
+    assert [r["round"] for r in rows] == [0, 1]
+    assert rows[0]["excluded"] == {"4": [0]}
+    assert rows[1]["excluded"] == {str(c): [1] for c in range(4)}
+    kept = slices_of_round(tmp_path / "f", 2)
+    assert all(torch.isfinite(v).all() for v in kept.values())
+
+
+# ------------------------------------------------------------------ two torchrun node groups
+
+
+def test_two_torchrun_node_groups_equal_one_group(two_peers, tmp_path):
+    """torchrun --nnodes 2 (one peer per node group) on 127.0.0.1 gives bit for bit the run
+    that `tadlora launch --peers 2` gave."""
+    argv, one = two_peers
+    two = elsewhere(argv, tmp_path, "two")
+    port = free_port()
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2",
+                "--nproc-per-node", "1", "--rdzv-endpoint", f"127.0.0.1:{port}"]
+    results = run_group([[*torchrun, "--node-rank", str(k), "-m", "tadlora.cli", "peer", *two]
+                         for k in (0, 1)])
+    assert [rc for rc, _, _ in results] == [0, 0], results[0][2] + results[1][2]
+    a, b = merged(one), merged(tmp_path / "two")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    timing = {"compute_s", "wait_s", "transfer_s"}
+    strip = [{k: v for k, v in r.items() if k not in timing} for r in records(one)]
+    assert strip == [{k: v for k, v in r.items() if k not in timing}
+                     for r in records(tmp_path / "two")]

@@ -1,0 +1,77 @@
+"""The round loop in one process: the run directory it writes, checkpoints and resume."""
+
+import json
+
+import pytest
+import torch
+
+from tadlora.core.precision import resolve_precision
+from tadlora.engines import local
+from tadlora.runs import config, loop
+from tadlora.runs.checkpoint import CheckpointError
+from tadlora.runs.config import ConfigError
+from tests.conftest import tiny_run_args
+
+
+def records(d):
+    return [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+
+
+def strip_time(rows):
+    return [{k: v for k, v in r.items() if k != "wall_time_s"} for r in rows]
+
+
+def crash_at(t_crash, real=local.run_round):
+    """engines.local.run_round, but round `t_crash` is interrupted (as by Ctrl-C)."""
+    def run_round(fed, t):
+        if t == t_crash:
+            raise KeyboardInterrupt
+        return real(fed, t)
+    return run_round
+
+
+def test_run_writes_the_run_directory(tiny_model_dir, tmp_path):
+    cfg = config.load(None, tiny_run_args(tiny_model_dir, tmp_path, "r"))
+    d, summary = loop.run(cfg)
+    assert config.load(d / "config.toml") == cfg
+    rows = records(d)
+    assert [r["round"] for r in rows] == [0, 1, 2, 3]
+    assert [("eval" in r) for r in rows] == [False, True, False, True]
+    for key in ["phase", "switch_interval", "train_loss", "consensus_A", "consensus_B",
+                "cross_term_error", "bytes_sent"]:
+        assert key in rows[0]
+    assert rows[0]["phase"] == "B" and len(rows[0]["bytes_sent"]) == 4
+    assert json.loads((d / "summary.json").read_text()) == summary
+    assert summary["client_acc"] == rows[-1]["eval"]["client_acc"]
+    assert len(summary["label_counts"]) == 4 and summary["rho"] is not None
+    assert summary["precision"] == resolve_precision("auto", torch.device("cpu"))
+    assert (d / "checkpoint" / "adapters.safetensors").exists()
+    with pytest.raises(ConfigError, match="already holds a run"):
+        loop.run(cfg)
+
+
+def test_interrupted_run_resumes_to_the_same_metrics(tiny_model_dir, tmp_path, monkeypatch):
+    args = tiny_run_args(tiny_model_dir, tmp_path, "full", "method.name=lora")
+    full, full_summary = loop.run(config.load(None, args))
+
+    monkeypatch.setattr(local, "run_round", crash_at(3))
+    args[2] = "run.name=cut"
+    with pytest.raises(KeyboardInterrupt):
+        loop.run(config.load(None, args))
+    cut = tmp_path / "cut"
+    assert [r["round"] for r in records(cut)] == [0, 1, 2]
+    monkeypatch.undo()
+    _, resumed_summary = loop.resume(cut)
+    assert records(cut) == records(full)
+    assert strip_time([resumed_summary]) == strip_time([full_summary])
+
+
+def test_resume_rejects_corrupt_checkpoint_and_changed_config(tiny_model_dir, tmp_path):
+    d, _ = loop.run(config.load(None, tiny_run_args(tiny_model_dir, tmp_path, "c")))
+    with pytest.raises(ConfigError, match="already finished 4 rounds"):
+        loop.resume(d)
+    with pytest.raises(ConfigError, match="only run"):
+        loop.resume(d, ["train.lr=1"])
+    (d / "checkpoint" / "adapters.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        loop.resume(d, ["run.rounds=6"])

@@ -1,0 +1,64 @@
+"""`tadlora report`: the markdown tables, the CSV, the plots and the command."""
+
+import argparse
+
+import numpy as np
+
+from tadlora.study import report
+from tadlora.study.results import best_t, collect, fit_c
+from tests.study.conftest import ACC
+
+
+def test_report_markdown_and_plots(study, tmp_path):
+    path = report.write_report(study, tmp_path / "rep")
+    text = path.read_text()
+    assert "28 finished runs (0.47 h of run wall time in all); 1 unfinished" in text
+    mean, std = np.mean(ACC["lora", 0.002, 0.1]), np.std(ACC["lora", 0.002, 0.1], ddof=1)
+    assert f"| lora | 0.002 | {100 * np.mean(ACC['lora', 0.002, 0.5]):.2f} ± " in text
+    assert f"{100 * mean:.2f} ± {100 * std:.2f} (3)" in text
+    assert "| lora | 0.005 | 61.00 ± 1.00 (3) | 91.00 ± 1.00 (3) |  |" in text  # full table
+    assert "lora 0.002 (0.002: 77.00, 0.005: 76.00)" in text
+    assert "| local | 0.002 | 61.00 ± 1.41 (2) | 61.00 ± 1.41 (2) † |" in text
+    assert (tmp_path / "rep" / "runs.csv").is_file() and "[runs.csv](runs.csv)" in text
+    pngs = sorted(p.name for p in (tmp_path / "rep").glob("*.png"))
+    assert pngs == ["acc_rounds__rotten_tomatoes__er-p0.1.png",
+                    "acc_rounds__rotten_tomatoes__er-p0.5.png",
+                    "acc_rounds__rotten_tomatoes__ring.png", "acc_vs_p__rotten_tomatoes.png",
+                    "cross_term__rotten_tomatoes__er-p0.1.png",
+                    "cross_term__rotten_tomatoes__er-p0.5.png",
+                    "cross_term__rotten_tomatoes__ring.png"]
+    for name in pngs:
+        data = (tmp_path / "rep" / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
+        assert f"]({name})" in text
+
+
+def test_best_t_table_and_fit_from_a_t_sweep(t_sweep, tmp_path):
+    found = best_t(collect(t_sweep), "rotten_tomatoes")
+    c = fit_c([1, 3, 5], [f["rho"] for f in found])
+    text = report.write_report(t_sweep, tmp_path / "rep").read_text()
+    assert f"**c = {c:.3f}**" in text and "| tad T=auto |" in text
+    for f in found:  # the default c's T, and whether it is in the best group
+        where = "in" if f["default"] in f["group"] else "outside"
+        assert f"| {f['default']} ({where}) |" in text
+    assert (tmp_path / "rep" / "acc_vs_T__rotten_tomatoes.png").stat().st_size > 1000
+
+
+def test_cli(study, tmp_path, capsys):
+    parser = argparse.ArgumentParser(prog="tadlora")
+    report.add_parser(parser.add_subparsers())
+    ns = parser.parse_args(["report", str(study)])
+    assert ns.func(ns) == 0
+    assert (study / "report" / "report.md").is_file()
+    assert str(study / "report" / "report.md") in capsys.readouterr().out
+
+
+def test_cell_text_shows_spread_only_over_several_seeds():
+    assert report._pct((0.755, 0.0, 1)) == "75.50 (1)"
+    assert report._pct((0.755, 0.012, 3), " †") == "75.50 ± 1.20 (3) †"
+    assert report._pct(None) == ""
+
+
+def test_paired_table_shows_the_differences_against_lora(study, tmp_path):
+    text = report.write_report(study, tmp_path / "rep").read_text()
+    assert "| tad | -2.00 ± 3.00 (n=3; ahead on 1) | +5.00 ± 3.61 (n=3; ahead on 3) |  |" in text

@@ -1,0 +1,97 @@
+"""The runs under a directory, read, and the numbers of the report's tables (by hand)."""
+
+import csv
+
+import numpy as np
+import pytest
+
+from tadlora.core import topology
+from tadlora.core.methods import DEFAULT_C, switch_interval
+from tadlora.study.results import (
+    best_t,
+    cells,
+    collect,
+    fit_c,
+    paired,
+    pick_lr,
+    write_runs_csv,
+)
+from tests.study.conftest import ACC, fake_run
+
+
+def test_collect_labels_and_table_values_match_hand_computation(study):
+    rows = collect(study)
+    assert len(rows) == 8 * 3 + 4 + 1 and sum(not r["finished"] for r in rows) == 1
+    r = next(r for r in rows if r["name"] == "lora_0.002_0.1_1")
+    assert (r["task"], r["connectivity"], r["lr"], r["final"]) == ("rotten_tomatoes", "ER p=0.1",
+                                                                    0.002, 0.71)
+    assert r["evals"] == [(2, 0.71 / 2), (4, 0.71)] and r["cross"][0] == (1, 0.1)
+    table = cells(rows)
+    for (m, lr, p), accs in ACC.items():
+        mean, std, n = table["rotten_tomatoes", m, f"ER p={p:g}", lr]
+        assert mean == pytest.approx(np.mean(accs)) and n == 3
+        assert std == pytest.approx(np.std(accs, ddof=1))
+    assert table["rotten_tomatoes", "lora", "ring", 0.002][2] == 2  # the unfinished run: out
+
+
+def test_lr_is_picked_by_the_mean_over_connectivities(study):
+    picked = pick_lr(collect(study))
+    lora_lr, lora_scores = picked["rotten_tomatoes", "lora"]
+    # lora's ring ran only at 0.002: the score compares the two ER cells run at both lrs
+    assert lora_scores[0.002] == pytest.approx(np.mean([0.82, np.mean([0.70, 0.71, 0.75])]))
+    assert lora_scores[0.005] == pytest.approx(np.mean([0.61, 0.91])) and lora_lr == 0.002
+    assert picked["rotten_tomatoes", "tad"][0] == 0.002
+    assert picked["rotten_tomatoes", "local"] == (0.002, {0.002: pytest.approx(0.61)})
+
+
+def test_runs_csv_lists_every_finished_run(study, tmp_path):
+    write_runs_csv(collect(study), tmp_path / "runs.csv")
+    with (tmp_path / "runs.csv").open() as f:
+        lines = list(csv.DictReader(f))
+    assert len(lines) == 28 and "sub/unfinished" not in {x["run"] for x in lines}
+    row = next(x for x in lines if x["run"] == "lora_0.002_0.1_1")
+    assert (row["method"], row["connectivity"], row["seed"], row["lr"]) == ("lora", "ER p=0.1",
+                                                                            "1", "0.002")
+    assert float(row["final_acc"]) == 0.71 and float(row["wall_time_s"]) == 60.0
+    assert row["switch_interval"] == row["T"] == ""  # lora never switches
+    assert float(row["mean_cross_term_error"]) == pytest.approx(0.25)  # mean of 0.1 .. 0.4
+
+
+def test_fit_c_on_synthetic_data():
+    rho = np.array([0.15, 0.64, 0.91])
+    x = 1 / np.sqrt(1 - rho)
+    assert fit_c(list(2.0 * x), list(rho)) == pytest.approx(2.0)
+    noisy = 1.5 * x + np.array([0.1, -0.2, 0.05])
+    assert fit_c(list(noisy), list(rho)) == pytest.approx((x @ noisy) / (x @ x))
+
+
+def test_best_t_and_fit_from_a_t_sweep(t_sweep):
+    rows = collect(t_sweep)
+    found = best_t(rows, "rotten_tomatoes")
+    assert [f["best"] for f in found] == [1, 3, 5] and found[0]["auto"] == [3]
+    fixed = [r for r in rows if r["p"] == 0.1 and r["si"] != "auto"]
+    expected = np.mean([0.5] + [topology.process_rho("er", 10, 0.1, samples=300)] * len(fixed))
+    assert found[1]["rho"] == pytest.approx(expected)  # summary rho where given, else computed
+    defaults = [switch_interval(f["rho"], DEFAULT_C) for f in found]
+    assert [f["default"] for f in found] == defaults
+    c = fit_c([1, 3, 5], [f["rho"] for f in found])
+    x = 1 / np.sqrt(1 - np.array([f["rho"] for f in found]))
+    assert c == pytest.approx((x @ [1, 3, 5]) / (x @ x))
+
+
+def test_paired_differences_against_lora_match_hand_computation(study, tmp_path):
+    rows = collect(study)
+    diffs = paired(rows, "rotten_tomatoes")
+    # both picked lr 0.002; tad has no ring runs; the references are not paired
+    assert set(diffs) == {("tad", "ER p=0.5"), ("tad", "ER p=0.1")}
+    assert diffs["tad", "ER p=0.5"] == pytest.approx([0.01, -0.02, -0.05])
+    assert diffs["tad", "ER p=0.1"] == pytest.approx([0.08, 0.06, 0.01])
+
+
+def test_a_seed_run_twice_in_other_settings_is_not_paired(study):
+    # in a setting the report merges into the same cell (how it was computed, not what):
+    # a setting such as train.local_steps would make a task variant of its own
+    fake_run(study, "tad_again", ["method.name=tad", "train.lr=0.002", "topology.p=0.1",
+                                  "run.seed=0", "train.precision=bf16"], 0.99)
+    diffs = paired(collect(study), "rotten_tomatoes")
+    assert diffs["tad", "ER p=0.1"] == pytest.approx([0.06, 0.01])  # seed 0 is ambiguous now
