@@ -1,3 +1,4 @@
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -101,3 +102,50 @@ def test_default_c() -> None:
 
 
 # --- a method added in one line -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainsB(methods.Joint):
+    """A toy method: only B trains, A and B are mixed every round."""
+
+    name: str = "aa_trains_b"  # sorts before lora by name, after it in the registry
+
+    def trainable(self, t: int) -> frozenset[str]:
+        return B
+
+
+def test_a_registered_method_runs_end_to_end(tiny_model_dir, tmp_path, monkeypatch):
+    """One policy class and one registry line: the config accepts it, the sweep names its
+    runs, runs.loop trains it, and the report lists it in registry order, paired with lora."""
+    from safetensors.torch import load_file
+
+    from tadlora.runs import config
+    from tadlora.runs.build import build
+    from tadlora.runs.rundir import RunDir
+    from tadlora.study import report, sweep
+    from tadlora.study.sweep_file import load_sweep
+    from tests.study.test_sweep import tiny_overrides
+
+    monkeypatch.setitem(methods.METHODS, "aa_trains_b", lambda fixed, auto: TrainsB())
+    assert config.load(None, ["method.name=aa_trains_b"]).method.name == "aa_trains_b"
+    with pytest.raises(config.ConfigError, match="choose one of lora, .*, aa_trains_b"):
+        config.load(None, ["method.name=nope"])
+    f = tmp_path / "toy.toml"
+    f.write_text('[sweep]\nname="toy"\n[grid]\n"method.name"=["aa_trains_b", "lora"]\n')
+    s = load_sweep(f)
+    assert [name for name, _ in s.runs] == ["aa_trains_b", "lora"]
+    out = tmp_path / "runs"
+    over = tiny_overrides(tiny_model_dir, out)
+    assert sweep.run_sweep(s, 1, over)["done"] == 2  # each through runs.loop.run
+
+    rows = RunDir(out / "aa_trains_b").records()
+    assert [r["phase"] for r in rows] == ["B"] * 3 and all(r["consensus_A"] < 1e-6 for r in rows)
+    final = load_file(str(out / "aa_trains_b" / "checkpoint" / "adapters.safetensors"))
+    start = build(config.load(None, [*over, "method.name=aa_trains_b"])).fed.state()[0]
+    for k, v in final.items():  # A stays at its common initialisation; B trained
+        assert (v - start[k]).abs().max() <= 1e-6 if k.startswith("A/") else v.abs().sum() > 0
+
+    text = report.write_report(out, tmp_path / "rep").read_text()
+    table = [line.split(" | ")[0] for line in text.splitlines() if line.startswith("| ")]
+    assert table.index("| lora") < table.index("| aa_trains_b")  # registry order, twice:
+    assert table.count("| aa_trains_b") == 2  # the accuracy table, and paired with lora

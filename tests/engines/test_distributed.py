@@ -1,16 +1,17 @@
 """Real peers on torch.distributed (gloo, 127.0.0.1): parity with the in-process engine,
-faults (a killed peer, a frozen peer, NaN and wrong-shape payloads), resume, and two torchrun
-node groups. Every process group is started in its own session and killed on timeout
-(tests/engines/peers.py)."""
+faults (a killed peer, a frozen peer, NaN and wrong-shape payloads), resume (on the same and on
+another number of peers, and in one process), and two torchrun node groups. Every process
+group is started in its own session and killed on timeout (tests/engines/peers.py)."""
 
 import json
+import shutil
 import sys
 
 import torch
 
 from tadlora.core.federation import mixed_kinds
 from tadlora.engines import exchange
-from tadlora.runs import config
+from tadlora.runs import config, loop
 from tadlora.runs.build import mixing, policy
 from tests.engines.peers import (
     args,
@@ -40,6 +41,10 @@ def test_four_peers_p2p_match_the_simulator_every_round(nodrop_model_dir, tmp_pa
     rc, _, err = tadlora("launch", "--peers", "4", *argv)
     assert rc == 0, err
     check_parity(argv, tmp_path / "d", peers=4, mode="p2p")
+    # p2p: rank 0 gets no one's factors from the exchange, so the others send them for the
+    # diagnostics (counted apart from the exchange)
+    for r in records(tmp_path / "d"):
+        assert r["diagnostic_bytes"][0] == 0 and min(r["diagnostic_bytes"][1:]) > 0
 
 
 def check_parity(argv, d, peers, mode):
@@ -97,6 +102,50 @@ def test_killed_peer_is_named_and_the_run_resumes_to_the_same_result(nodrop_mode
     final = merged(d)
     assert all((final[k] - v).abs().max() <= 1e-6 for k, v in states[-1].items())
     assert not (d / "peers").exists()
+
+
+def test_a_stopped_run_resumes_on_another_number_of_peers(nodrop_model_dir, tmp_path):
+    """2 peers, rank 1 killed in round 2; resumed on 3 peers (`tadlora launch --peers 3
+    --resume`) and, from a copy, in one process (`tadlora run --resume`): each peer reads its
+    new slice of the clients, tensors and AdamW moments (train.optimizer_state=keep), from the
+    old peers' slices. Both end bit for bit where the in-process engine ends when it trains
+    with the same forward groups (4+4 clients, then 3+3+2 or all 8), and within 1e-6 of its
+    default run."""
+    argv = args(nodrop_model_dir, tmp_path, "m", "method.name=tad", "method.switch_interval=1",
+                "train.optimizer_state=keep", "distributed.keep_slices=true")
+    rc, _, err = tadlora("launch", "--peers", "2", *argv, env={"TADLORA_FAULT": "kill:1:2"})
+    assert rc == 3, err
+    d = tmp_path / "m"
+    assert [r["round"] for r in records(d)] == [0, 1]
+    alone = shutil.copytree(d, tmp_path / "alone")
+
+    rc, out, err = tadlora("launch", "--peers", "3", "--resume", str(d))
+    assert rc == 0, err
+    assert f"run directory: {d}" in out
+    got = records(d)
+    assert [r["peers"] for r in got] == [2, 2, 3, 3]
+    states, want, _ = reference(argv, per_forward={0: 4, 2: 3})
+    for t, state in enumerate(states):  # rounds 1-2: the 2 old slices; 3-4: the 3 new ones
+        kept = slices_of_round(d, t + 1)
+        assert all(torch.equal(kept[k], v) for k, v in state.items()), t
+        assert same_as_simulator(got[t], want[t]), t
+    assert all(torch.equal(merged(d)[k], v) for k, v in states[-1].items())
+    row = 4 * sum(v[0].numel() for v in states[0].values())  # tad mixes A and B every round
+    assert [r["bytes_sent"] for r in got] == [[row * (r["peers"] - 1)] * 8 for r in got]
+
+    _, summary = loop.resume(alone)
+    states, want, _ = reference(argv, per_forward={0: 4, 2: 0})
+    in_one = records(alone)
+    assert ["peers" in r for r in in_one] == [True, True, False, False]
+    assert all(same_as_simulator(g, w) for g, w in zip(in_one, want, strict=True))
+    assert all(torch.equal(merged(alone)[k], v) for k, v in states[-1].items())
+    assert summary["client_acc"] == want[-1]["eval"]["client_acc"]
+
+    states, want, _ = reference(argv)
+    assert_close_records(got, want)
+    assert_close_records(in_one, want)
+    for final in (merged(d), merged(alone)):
+        assert all((final[k] - v).abs().max() <= 1e-6 for k, v in states[-1].items())
 
 
 def test_bad_payloads_are_left_out_and_a_frozen_peer_is_detected(nodrop_model_dir, tmp_path):

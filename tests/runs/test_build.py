@@ -1,8 +1,15 @@
-"""Config -> the library's objects: the method's policy and its auto T."""
+"""Config -> the library's objects: the method's policy (and its auto T) and the graph
+process, through a whole run where it matters."""
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
 
 from tadlora.core import topology
-from tadlora.runs import config
-from tadlora.runs.build import policy
+from tadlora.runs import config, loop
+from tadlora.runs.build import mixing, policy
+from tests.conftest import tiny_run_args
+from tests.runs.test_loop import records
 
 
 def test_auto_interval_is_the_same_for_every_run_seed():
@@ -16,3 +23,28 @@ def test_auto_interval_is_the_same_for_every_run_seed():
 
     assert auto(0) == auto(1) == auto(7)
     assert auto(0)[1] == topology.process_rho("er", 10, 0.02, samples=200)
+
+
+def test_a_run_on_a_graph_file(tiny_model_dir, tmp_path):
+    """topology.kind=file: the run uses the file's static graph every round, so each client
+    sends its factors to exactly its neighbours in the file (client 3 is isolated)."""
+    graph = tmp_path / "star.txt"
+    graph.write_text("# a path 1-0-2 and an isolated client\nn 4\n0 1\n0 2\n")
+    cfg = config.load(None, tiny_run_args(tiny_model_dir, tmp_path, "g", "method.name=lora",
+                                          "topology.kind=file", f"topology.path={graph}"))
+    w = mixing(cfg)(0)
+    assert np.array_equal(w != 0, np.eye(4, dtype=bool) | [[0, 1, 1, 0], [1, 0, 0, 0],
+                                                           [1, 0, 0, 0], [0, 0, 0, 0]])
+    d, summary = loop.run(cfg)
+    assert summary["rounds"] == 4 and summary["topology"] == "file"
+    tensors = load_file(str(d / "checkpoint" / "adapters.safetensors"))
+    row = sum(4 * v[0].numel() for k, v in tensors.items() if k.startswith(("A/", "B/")))
+    rows = records(d)
+    assert [r["bytes_sent"] for r in rows] == [[2 * row, row, row, 0]] * 4
+    # the isolated client is never mixed: it ends exactly as it would have trained alone
+    alone, _ = loop.run(config.load(None, tiny_run_args(
+        tiny_model_dir, tmp_path, "alone", "method.name=local", "topology.kind=file",
+        f"topology.path={graph}")))
+    by_itself = load_file(str(alone / "checkpoint" / "adapters.safetensors"))
+    assert all(torch.equal(tensors[k][3], v[3]) for k, v in by_itself.items())
+    assert not all(torch.equal(tensors[k][0], v[0]) for k, v in by_itself.items())

@@ -21,6 +21,10 @@ def strip_time(rows):
     return [{k: v for k, v in r.items() if k != "wall_time_s"} for r in rows]
 
 
+def saved_round(d):
+    return json.loads((d / "checkpoint" / "state.json").read_text())["round"]
+
+
 def crash_at(t_crash, real=local.run_round):
     """engines.local.run_round, but round `t_crash` is interrupted (as by Ctrl-C)."""
     def run_round(fed, t):
@@ -75,3 +79,59 @@ def test_resume_rejects_corrupt_checkpoint_and_changed_config(tiny_model_dir, tm
     (d / "checkpoint" / "adapters.safetensors").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="corrupt"):
         loop.resume(d, ["run.rounds=6"])
+
+
+def test_checkpoint_every_keeps_the_last_multiple_and_resume_reruns_since(
+        tiny_model_dir, tmp_path, monkeypatch):
+    """run.checkpoint_every=2: a crash in round 3 leaves rounds 0-2 in metrics.jsonl and the
+    checkpoint of round 2 (after rounds 0-1); the resume drops round 2's record, reruns rounds
+    2 and 3 and ends with the uninterrupted run's metrics and tensors."""
+    args = tiny_run_args(tiny_model_dir, tmp_path, "full", "method.name=tad",
+                         "method.switch_interval=1", "train.optimizer_state=keep",
+                         "run.checkpoint_every=2")
+    full, full_summary = loop.run(config.load(None, args))
+    assert saved_round(full) == 4
+
+    saves = []
+    real_save = loop.save
+    monkeypatch.setattr(loop, "save", lambda e, r, x, rnd: saves.append(rnd) or
+                        real_save(e, r, x, rnd))
+    monkeypatch.setattr(local, "run_round", crash_at(3))
+    args[2] = "run.name=cut"
+    with pytest.raises(KeyboardInterrupt):
+        loop.run(config.load(None, args))
+    cut = tmp_path / "cut"
+    assert saves == [2]  # not after rounds 1 and 3
+    assert [r["round"] for r in records(cut)] == [0, 1, 2]
+    assert saved_round(cut) == 2
+
+    ran = []
+    monkeypatch.setattr(local, "run_round", lambda fed, t: ran.append(t) or
+                        crash_at(None)(fed, t))
+    _, resumed_summary = loop.resume(cut)
+    assert ran == [2, 3] and saves == [2, 4]  # the last round is always saved
+    assert records(cut) == records(full)
+    assert strip_time([resumed_summary]) == strip_time([full_summary])
+    from safetensors.torch import load_file
+    for name in ("adapters.safetensors", "optimizer.safetensors"):
+        a = load_file(str(full / "checkpoint" / name))
+        b = load_file(str(cut / "checkpoint" / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_resume_refuses_a_changed_switch_interval(tiny_model_dir, tmp_path):
+    """The checkpoint records the switch interval it was made with: a config (or code) that now
+    gives another T cannot continue it, and the refusal leaves the run as it was."""
+    d, _ = loop.run(config.load(None, tiny_run_args(
+        tiny_model_dir, tmp_path, "t", "method.name=tad", "method.switch_interval=2")))
+    before = records(d)
+    text = (d / "config.toml").read_text()
+    assert "switch_interval = 2\n" in text
+    (d / "config.toml").write_text(text.replace("switch_interval = 2\n", "switch_interval = 3\n"))
+    with pytest.raises(CheckpointError, match="made with switch interval 2, the config now "
+                                              "gives 3"):
+        loop.resume(d, ["run.rounds=6"])
+    assert records(d) == before and saved_round(d) == 4
+    (d / "config.toml").write_text(text)  # the interval it was made with: resumes
+    _, summary = loop.resume(d, ["run.rounds=6"])
+    assert summary["rounds"] == 6 and [r["switch_interval"] for r in records(d)] == [2] * 6
