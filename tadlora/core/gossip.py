@@ -71,6 +71,20 @@ def bytes_sent(w: np.ndarray, tensors: dict[str, torch.Tensor]) -> list[int]:
     return [int(k) * per_client for k in off.sum(axis=0)]
 
 
+def _product_svd(w_rows: torch.Tensor, b: torch.Tensor, a: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The thin SVD of P_i = sum_j W_ij B_j A_j for the clients i of `w_rows` (c, n), without
+    forming P: P = L R with L = [W_i1 B_1 ... W_in B_n] (d_out, n r) and R = [A_1; ...; A_n]
+    (n r, d_in); QR of L and of R^T leaves the SVD of a small (n r)-square core. Returns U (c,
+    d_out, k), S (c, k), Vh (c, k, d_in) with k = min(d_out, d_in, n r)."""
+    c, (n, d_out, r) = w_rows.shape[0], b.shape
+    left = (w_rows[:, :, None, None] * b[None]).permute(0, 2, 1, 3).reshape(c, d_out, n * r)
+    q_l, r_l = torch.linalg.qr(left)  # (c, d_out, k1), (c, k1, n r)
+    q_r, r_r = torch.linalg.qr(a.reshape(n * r, -1).T)  # (d_in, k2), (k2, n r): every client's
+    u, s, vh = torch.linalg.svd(r_l @ r_r.T, full_matrices=False)
+    return q_l @ u, s, vh @ q_r.T
+
+
 def product_consensus(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], w: torch.Tensor,
                       targets: range) -> tuple[dict, dict, float]:
     """Product consensus (DeCAF-style): target client i gets the rank-r truncated SVD of its
@@ -87,15 +101,14 @@ def product_consensus(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], w:
             x, y = a[name].float(), b[name].float()  # (n, r, d_in), (n, d_out, r)
             w_ = w.to(x.device, torch.float32)[rows]
             r = x.shape[1]
-            u, s, vh = torch.linalg.svd(_mixed_products(w_, y, x), full_matrices=False)
+            u, s, vh = _product_svd(w_, y, x)
             total = s.pow(2).sum(1)
             zero = total == 0
-            linear_a = torch.einsum("ij,jrd->ird", w_, x)
-            linear_b = torch.einsum("ij,jor->ior", w_, y)
             keep = ~zero[:, None, None]
-            new_a[name] = torch.where(keep, vh[:, :r], linear_a).to(a[name].dtype)
+            new_a[name] = torch.where(keep, vh[:, :r], torch.einsum("ij,jrd->ird", w_, x)
+                                      ).to(a[name].dtype)
             new_b[name] = torch.where(keep, u[:, :, :r] * s[:, None, :r],
-                                      linear_b).to(b[name].dtype)
+                                      torch.einsum("ij,jor->ior", w_, y)).to(b[name].dtype)
             errors.append((s[:, r:].pow(2).sum(1)[~zero] / total[~zero]).sqrt())
     errors = torch.cat(errors) if errors else torch.zeros(0)
     return new_a, new_b, errors.mean().item() if errors.numel() else 0.0

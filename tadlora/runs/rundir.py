@@ -42,6 +42,10 @@ def atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _file(name: str) -> property:
+    return property(lambda self: self.path / name, doc=f"RUN_DIR/{name}")
+
+
 @dataclass(frozen=True)
 class RunDir:
     path: Path
@@ -57,25 +61,11 @@ class RunDir:
         run.write_config(cfg)
         return run
 
-    @property
-    def config(self) -> Path:
-        return self.path / CONFIG
-
-    @property
-    def metrics(self) -> Path:
-        return self.path / METRICS
-
-    @property
-    def summary(self) -> Path:
-        return self.path / SUMMARY
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.path / CHECKPOINT
-
-    @property
-    def peers(self) -> Path:
-        return self.path / PEERS
+    config = _file(CONFIG)
+    metrics = _file(METRICS)
+    summary = _file(SUMMARY)
+    checkpoint = _file(CHECKPOINT)
+    peers = _file(PEERS)
 
     def peer_slices(self, rank: int) -> Path:
         return self.peers / f"rank-{rank}"
