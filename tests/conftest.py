@@ -69,3 +69,11 @@ def two_peers(nodrop_model_dir, tmp_path_factory):
     assert rc == 0, err
     assert "averaged adapter" in stdout and f"run directory: {out / 'd'}" in stdout
     return argv, out / "d"
+
+
+def is_adjacency(adj, n: int) -> bool:
+    """A symmetric boolean (n, n) matrix with a zero diagonal."""
+    import numpy as np
+
+    return (adj.dtype == bool and adj.shape == (n, n) and np.array_equal(adj, adj.T)
+            and not adj.diagonal().any())

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from tadlora.core import gossip, topology
@@ -84,3 +85,38 @@ def test_cross_term_error_in_client_chunks_equals_all_at_once(monkeypatch):
     monkeypatch.setattr(gossip, "_chunk", lambda *args, **kw: 2)
     assert abs(gossip.cross_term_error(a, b, w, w, eye) - whole) < 1e-6
     assert abs(whole - _manual_cross_term(a["l"], b["l"], w, w, eye)) < 1e-6
+
+
+def test_product_consensus_is_the_truncated_svd_of_the_mixed_product():
+    torch.manual_seed(0)
+    n, d_out, d_in, r = 5, 12, 10, 3
+    a, b = {"l": torch.randn(n, r, d_in)}, {"l": torch.randn(n, d_out, r)}
+    w = torch.rand(n, n, dtype=torch.float64)
+    w = w / w.sum(1, keepdim=True)
+    new_a, new_b, error = gossip.product_consensus(a, b, w, range(1, 4))
+    errors = []
+    for k, i in enumerate(range(1, 4)):
+        p = sum(w[i, j].float() * b["l"][j] @ a["l"][j] for j in range(n))
+        u, s, vh = torch.linalg.svd(p)
+        best = u[:, :r] @ torch.diag(s[:r]) @ vh[:r]
+        assert torch.allclose(new_b["l"][k] @ new_a["l"][k], best, atol=1e-4)
+        assert torch.allclose(new_a["l"][k] @ new_a["l"][k].T, torch.eye(r), atol=1e-5)
+        errors.append(((s[r:] ** 2).sum() / (s ** 2).sum()).sqrt().item())
+    assert error == pytest.approx(np.mean(errors), rel=1e-4)
+
+
+def test_product_consensus_of_zero_products_mixes_the_factors():
+    a = {"l": torch.randn(3, 2, 4)}
+    b = {"l": torch.zeros(3, 5, 2)}  # B = 0: every product is zero (the first round)
+    w = torch.full((3, 3), 1 / 3, dtype=torch.float64)
+    new_a, new_b, error = gossip.product_consensus(a, b, w, range(3))
+    assert torch.allclose(new_a["l"], a["l"].mean(0).expand(3, -1, -1))
+    assert not new_b["l"].any() and error == 0.0
+
+
+def test_product_consensus_is_exact_when_the_product_has_rank_r():
+    a, b = {"l": torch.randn(2, 2, 6)}, {"l": torch.randn(2, 4, 2)}
+    new_a, new_b, error = gossip.product_consensus(a, b, torch.eye(2, dtype=torch.float64),
+                                                   range(2))
+    assert error < 1e-6
+    assert torch.allclose(new_b["l"] @ new_a["l"], b["l"] @ a["l"], atol=1e-5)

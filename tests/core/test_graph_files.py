@@ -9,15 +9,7 @@ import pytest
 
 from tadlora.core import topology as tp
 from tadlora.core.graph_files import from_file
-
-
-def _is_adjacency(adj: np.ndarray, n: int) -> bool:
-    return (
-        adj.dtype == bool
-        and adj.shape == (n, n)
-        and np.array_equal(adj, adj.T)
-        and not adj.diagonal().any()
-    )
+from tests.conftest import is_adjacency as _is_adjacency
 
 
 def _write(tmp_path: Path, name: str, text: str) -> str:

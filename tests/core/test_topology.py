@@ -5,6 +5,7 @@ import pytest
 
 from tadlora.core import topology as tp
 from tadlora.core.methods import switch_interval
+from tests.conftest import is_adjacency as _is_adjacency
 from tests.core.test_graph_files import _write
 
 N = 10
@@ -18,15 +19,6 @@ REFERENCE_RHO = [  # METHOD.md: 10 clients, MH weights, Monte Carlo
     ("ring", 0.5, 0.76),
 ]
 SAMPLES = 2000
-
-
-def _is_adjacency(adj: np.ndarray, n: int) -> bool:
-    return (
-        adj.dtype == bool
-        and adj.shape == (n, n)
-        and np.array_equal(adj, adj.T)
-        and not adj.diagonal().any()
-    )
 
 
 # --- reference values of rho -------------------------------------------------------------------

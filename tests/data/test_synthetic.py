@@ -28,7 +28,8 @@ def small(tmp_path, name, *extra):
 def test_task_depends_on_the_task_seed_only_and_heterogeneity_scales_the_deltas():
     spec = synthetic.TaskSpec(dim=6, hidden=5, classes=3, rank=1, heterogeneity=0.0)
     a, b = synthetic.make_task(spec, 3), synthetic.make_task(spec, 3)
-    assert all(np.array_equal(x[k], y[k]) for x, y in zip(a.teachers, b.teachers) for k in x)
+    pairs = zip(a.teachers, b.teachers, strict=True)
+    assert all(np.array_equal(x[k], y[k]) for x, y in pairs for k in x)
     same = [t["query"] for t in a.teachers]
     assert all(np.array_equal(same[0], q) for q in same)  # heterogeneity 0: one teacher
     het = synthetic.make_task(synthetic.TaskSpec(dim=6, hidden=5, classes=3, rank=1,

@@ -58,7 +58,7 @@ def test_predicted_cross_term_error_falls_with_t_and_faster_on_dense_graphs():
     sparse = phase.predicted_cross(0.9, [1, 2, 5, 10], 0.1)
     dense = phase.predicted_cross(0.2, [1, 2, 5, 10], 0.1)
     assert sparse[0] == dense[0] == 0.1
-    assert all(a > b for a, b in zip(sparse, sparse[1:]))
+    assert all(a > b for a, b in zip(sparse, sparse[1:], strict=False))
     assert dense[-1] < sparse[-1]
     assert phase.predicted_cross(0.5, [1, 2], 1.0)[1] == pytest.approx((1 + 0.5 ** 0.5) / 2)
 

@@ -1,0 +1,65 @@
+"""Checkpoints: atomic safetensors folders, and the slices a resume restores from."""
+
+import json
+
+import pytest
+import torch
+
+from tadlora.runs import checkpoint
+from tadlora.runs.checkpoint import CheckpointError
+from tadlora.runs.rundir import RunDir
+
+
+def tensors(lo, hi):
+    rows = torch.arange(lo, hi, dtype=torch.float32)
+    return ({"A/l": rows[:, None, None].expand(-1, 2, 3).clone()},
+            {"A/l::exp_avg": rows[:, None, None].expand(-1, 2, 3) * 10, "A/l::step":
+             torch.tensor(5.0)})
+
+
+def test_save_and_read_round_trip_and_replace_atomically(tmp_path):
+    t, m = tensors(0, 4)
+    d = checkpoint.save(tmp_path / "ck", t, m, {"round": 3, "switch_interval": 2})
+    meta, t2, m2 = checkpoint.read(d)
+    assert meta == {"round": 3, "switch_interval": 2}
+    assert torch.equal(t2["A/l"], t["A/l"]) and torch.equal(m2["A/l::step"], m["A/l::step"])
+    checkpoint.save(tmp_path / "ck", t, m, {"round": 4, "switch_interval": 2})
+    assert checkpoint.read(d)[0]["round"] == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]  # no .tmp or .old left
+
+
+def test_missing_and_corrupt_checkpoints_are_explained(tmp_path):
+    with pytest.raises(CheckpointError, match="nothing to resume from"):
+        checkpoint.read(tmp_path / "none")
+    d = checkpoint.save(tmp_path / "ck", *tensors(0, 2), {"round": 1, "switch_interval": None})
+    (d / checkpoint.ADAPTERS).write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="corrupt or incomplete"):
+        checkpoint.read(d)
+
+
+def test_rows_come_from_whichever_slices_of_one_round_hold_them(tmp_path):
+    run = RunDir(tmp_path)
+    for rank, (lo, hi) in enumerate([(0, 3), (3, 6)]):
+        checkpoint.save(run.slice(rank, 4), *tensors(lo, hi),
+                        {"round": 4, "switch_interval": 1, "clients": [lo, hi]})
+    checkpoint.save(run.slice(0, 6), *tensors(0, 3),
+                    {"round": 6, "switch_interval": 1, "clients": [0, 3]})
+    parts = checkpoint.slices(run, 6)
+    assert sorted(r for r, _, _ in parts) == [4, 4, 6]
+    assert checkpoint.cover(parts, 6, range(2, 5)) is None  # round 6: rank 1's slice is missing
+    chosen = checkpoint.cover(parts, 4, range(2, 5))
+    t, m = checkpoint.read_rows(chosen, range(2, 5), interval=1)
+    assert t["A/l"][:, 0, 0].tolist() == [2.0, 3.0, 4.0]
+    assert m["A/l::exp_avg"][:, 0, 0].tolist() == [20.0, 30.0, 40.0]
+    assert m["A/l::step"].item() == 5.0
+    with pytest.raises(CheckpointError, match="switch interval 1, the config now gives 2"):
+        checkpoint.read_rows(chosen, range(2, 5), interval=2)
+
+
+def test_the_merged_checkpoint_is_a_slice_of_every_client_and_bad_meta_is_named(tmp_path):
+    run = RunDir(tmp_path)
+    checkpoint.save(run.checkpoint, *tensors(0, 4), {"round": 2, "switch_interval": None})
+    assert [(r, c) for r, c, _ in checkpoint.slices(run, 4)] == [(2, range(0, 4))]
+    (run.checkpoint / "state.json").write_text(json.dumps({"no_round": 1}))
+    with pytest.raises(CheckpointError, match="state.json is corrupt"):
+        checkpoint.slices(run, 4)
