@@ -1,2 +1,2 @@
-"""Data: sources (packaged corpora, local files, GLUE via `datasets`), client partitions, and
-tokenisation and batching."""
+"""Data: sources (packaged corpora, local files, GLUE via `datasets`, the synthetic testbed),
+client partitions, and tokenisation and batching."""

@@ -1,10 +1,10 @@
 """The distributed engine: one process per peer, each owning a contiguous slice of the clients.
 
-A round on a peer: the simulator's own `prepare_round` and `local_training` on its clients, then
+A round on a peer: core.federation's `prepare_round` and `local_training` on its clients, then
 W(t) from (seed, round) as every peer computes it (no coordinator), a barrier, an exchange of
 exactly the tensors the method mixes this round (all_gather, or neighbour-only send/recv), and
 the mixing of its own clients' rows. Rank 0 receives small per-round reports and returns the
-same record as simulate.run_round (other ranks return None), with these differences and extras:
+same record as engines.local.run_round (other ranks return None), with these differences and extras:
   bytes_sent        per client, the bytes its row actually cost on the wire: to every other
                     peer (all_gather) or once to each peer that mixes it (p2p); a client's
                     neighbours on its own peer cost nothing (the simulator counts one process

@@ -1,4 +1,4 @@
-"""`tadlora sweep`: run the grid of a sweep file (tadlora.sweep_file) as resumable runs, with
+"""`tadlora sweep`: run the grid of a sweep file (study/sweep_file.py) as resumable runs, with
 one progress bar for the grid.
 
 Each run lives in out_dir/<run name>. Rerunning the sweep skips runs with a summary.json,
