@@ -174,9 +174,10 @@ def interval_table(rows: list[dict], out: Path) -> list[str]:
                                                                      dtype=float))
         boot = bootstrap(conns, x)
         lo, hi = np.nanpercentile(boot, [2.5, 97.5], axis=0)
+        rounds = runs[names[0]]["cfg"].run.rounds
         body = [[n, f"{x[n]:.2f}", str(best[n]), ", ".join(
-            f"{t}: {100 * np.mean(list(v.values())):.2f}" for t, v in sorted(conns[n].items()))]
-            for n in names]
+            f"{t}{last_phase(t, rounds)}: {100 * np.mean([v[s] for s in seeds]):.2f}"
+            for t, v in sorted(conns[n].items()))] for n in names]
         variant = ", ".join(f"{k}={v}" for k, v in key[0]) or "all runs"
         png = out / f"phase_best_T_{i}.png"
         _plot_best(x, best, names, c, (lo[0], hi[0]), png, variant)
@@ -184,11 +185,18 @@ def interval_table(rows: list[dict], out: Path) -> list[str]:
                   f"{key[1]:g}, {len(seeds)} seeds)", "",
                   *_table(["connectivity", "1/sqrt(1-rho)", "best T", "mean accuracy by T (%)"],
                           body),
+                  f"After each T, the factor its last phase trains ({rounds} rounds): a run "
+                  "that ends on an A phase and one that ends on a B phase are not alike.", "",
                   f"T_best ≈ c / sqrt(1 - rho): **c = {c:.2f}** (95% bootstrap interval "
                   f"{lo[0]:.2f} to {hi[0]:.2f}). Free exponent, T_best ≈ c' (1 - rho)^(-beta/2): "
                   f"beta = {beta:.2f} ({lo[2]:.2f} to {hi[2]:.2f}; the theory: 1), c' = {c2:.2f}.",
                   "", f"![best T]({png.name})", ""]
     return lines
+
+
+def last_phase(t: int, rounds: int) -> str:
+    """The factor that tad (B first) trains in the last of `rounds` rounds with interval t."""
+    return "B" if ((rounds - 1) // t) % 2 == 0 else "A"
 
 
 def _plot_best(x: dict, best: dict, names: list[str], c: float, band: tuple, path: Path,

@@ -77,3 +77,10 @@ def test_pages_have_the_heat_map_and_the_bias_proxy(tmp_path):
     assert "3: -2.00 ± 0.00 (2)" in text  # tad - lora on the complete graph
     assert (tmp_path / "phase_tad_minus_lora_0.png").is_file()
     assert phase.pages(rows[:2], tmp_path) == []
+
+
+def test_last_phase_follows_the_alternation():
+    from tadlora.core.methods import Alternating
+
+    for t in (1, 2, 3, 5, 10, 15, 20, 30):
+        assert phase.last_phase(t, 150) == Alternating(interval=t).phase(149)
