@@ -1,0 +1,28 @@
+"""The report's plots: mean and spread over seeds, file names, what each plot needs."""
+
+import numpy as np
+
+from tadlora.runs import config
+from tadlora.study import plots
+
+
+def test_curve_is_the_mean_and_sample_std_over_runs():
+    runs = [{"evals": [(10, 0.5), (20, 0.7)]}, {"evals": [(10, 0.7), (20, 0.9)]},
+            {"evals": [(20, 0.8)]}]
+    x, m, s = plots._curve(runs, "evals")
+    assert x.tolist() == [10, 20] and np.allclose(m, [0.6, 0.8])
+    assert np.allclose(s, [np.std([0.5, 0.7], ddof=1), np.std([0.7, 0.9, 0.8], ddof=1)])
+
+
+def test_file_names_are_safe_and_carry_the_topology(tmp_path):
+    run = {"cfg": config.load(None, ["topology.kind=er", "topology.p=0.1"])}
+    assert plots._file(tmp_path, "acc", "mnli [K=2]", run).name == "acc__mnli__K_2___er-p0.1.png"
+
+
+def test_accuracy_vs_p_needs_two_edge_probabilities(tmp_path):
+    def row(p, final):
+        return {"kind": "er", "p": p, "label": "lora", "final": final}
+
+    assert plots.accuracy_vs_p([row(0.5, 0.7)], "t", tmp_path) == []
+    out = plots.accuracy_vs_p([row(0.5, 0.7), row(0.1, 0.6)], "t", tmp_path)
+    assert [p.name for p in out] == ["acc_vs_p__t.png"] and out[0].is_file()
