@@ -40,9 +40,10 @@ class Federation:
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Checkpoint form: every per-client tensor, and the AdamW state as named tensors."""
-        tensors = {k: v.detach().cpu().contiguous() for k, v in lora.state(self.model).items()}
+        state = lora.state(self.model)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
         moments = {}
-        for name, p in lora.state(self.model).items():
+        for name, p in state.items():
             for key, value in self.optimizer.state.get(p, {}).items():
                 moments[f"{name}::{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
         return tensors, moments

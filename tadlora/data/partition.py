@@ -97,10 +97,16 @@ def _label_skew(labels: np.ndarray, n_clients: int, rng: np.random.Generator, al
     return _skewed(labels, props, rng, per_client, fill=False)
 
 
+def dirichlet_proportions(n_clients: int, n_classes: int, rng: np.random.Generator,
+                          alpha: float) -> np.ndarray:
+    """Each client's class proportions ~ Dir(alpha), (n_clients, n_classes)."""
+    return rng.dirichlet(np.full(n_classes, alpha), size=n_clients)
+
+
 def _dirichlet(labels: np.ndarray, n_clients: int, rng: np.random.Generator, alpha: float,
                per_client: int | None) -> list[np.ndarray]:
     """Proportions ~ Dir(alpha); an exhausted class is made up from the rest (never fails)."""
-    props = rng.dirichlet(np.full(_n_classes(labels), alpha), size=n_clients)  # (n, k)
+    props = dirichlet_proportions(n_clients, _n_classes(labels), rng, alpha)
     return _skewed(labels, props, rng, per_client, fill=True)
 
 

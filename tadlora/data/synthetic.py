@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .partition import label_skew_proportions
+from .partition import dirichlet_proportions, label_skew_proportions
 
 NAME = "synthetic"  # the data.source value
 
@@ -171,7 +171,7 @@ def class_proportions(scheme: str, n: int, classes: int, seed: int,
     if scheme == "label_skew":
         return list(label_skew_proportions(n, classes))
     if scheme == "dirichlet":
-        return list(np.random.default_rng(seed).dirichlet(np.full(classes, alpha), size=n))
+        return list(dirichlet_proportions(n, classes, np.random.default_rng(seed), alpha))
     if scheme == "iid":
         return [None] * n
     raise ValueError(f"data.partition={scheme!r} has no synthetic form yet; use label_skew, "
