@@ -2,14 +2,17 @@
 switch interval, the clients held), and finding the slices a resume restores from.
 
 Nothing is pickled. A checkpoint is written into a temporary directory and renamed into place,
-so a crash while writing leaves the previous checkpoint intact. The merged checkpoint of a run
-(RUN_DIR/checkpoint) is a slice that holds every client; a distributed run also keeps one slice
-per peer (RUN_DIR/peers/rank-K/round-R), so a resume with any number of processes reads the
-rows it needs from whichever slices of one round hold them.
+so a crash while writing leaves the previous checkpoint intact. Its JSON holds the sha256 of
+each tensor file, checked on every read: a flipped byte is an error, never a resumed run. The
+run's checkpoint before the last is kept (RUN_DIR/checkpoint.prev) for a resume to fall back
+to. The merged checkpoint of a run (RUN_DIR/checkpoint) is a slice that holds every client; a
+distributed run also keeps one slice per peer (RUN_DIR/peers/rank-K/round-R), so a resume with
+any number of processes reads the rows it needs from whichever slices of one round hold them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -18,7 +21,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .rundir import META, RunDir
+from .rundir import META, PREVIOUS, RunDir
 
 ADAPTERS, OPTIMIZER = "adapters.safetensors", "optimizer.safetensors"
 Tensors = dict[str, torch.Tensor]
@@ -29,50 +32,88 @@ class CheckpointError(RuntimeError):
     """A checkpoint that is missing, corrupt or does not fit the run."""
 
 
-def save(directory: str | Path, tensors: Tensors, moments: Tensors, meta: dict) -> Path:
-    """Write checkpoint-form tensors (meta["round"] = the next round to run), atomically."""
+class CorruptCheckpoint(CheckpointError):
+    """A checkpoint whose files are not the bytes that were written (a resume passes over it)."""
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save(directory: str | Path, tensors: Tensors, moments: Tensors, meta: dict,
+         keep: Path | None = None) -> Path:
+    """Write checkpoint-form tensors (meta["round"] = the next round to run) with their
+    checksums, atomically; `keep`: where the checkpoint it replaces is kept (else removed)."""
     final = Path(directory)
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file(tensors, str(tmp / ADAPTERS))
     save_file(moments, str(tmp / OPTIMIZER))
-    (tmp / META).write_text(json.dumps(meta, indent=1))
-    old = final.with_name(final.name + ".old")
+    sums = {name: sha256(tmp / name) for name in (ADAPTERS, OPTIMIZER)}
+    (tmp / META).write_text(json.dumps({**meta, "sha256": sums}, indent=1))
+    old = keep or final.with_name(final.name + ".old")
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)
         final.rename(old)
     tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
+    if keep is None:
+        shutil.rmtree(old, ignore_errors=True)
     return final
 
 
+def read_meta(directory: Path) -> dict:
+    """A checkpoint's state.json, checked: a dict with an integer round >= 0."""
+    file = directory / META
+    try:
+        meta = json.loads(file.read_text())
+        if not isinstance(meta, dict) or not isinstance(meta.get("round"), int) \
+                or meta["round"] < 0:
+            raise ValueError(f"expected an object with an integer 'round' >= 0, got {meta!r:.80}")
+        lo, hi = meta.get("clients", [0, 1])
+        if not (isinstance(lo, int) and isinstance(hi, int) and 0 <= lo < hi):
+            raise ValueError(f"'clients' must be [first, end], got {meta.get('clients')!r}")
+    except (OSError, ValueError, TypeError) as e:
+        raise CheckpointError(f"checkpoint in {directory}: {META} is malformed ({e}); restore "
+                              "it, or restart the run without --resume") from e
+    return meta
+
+
+def verify(directory: Path, meta: dict) -> None:
+    """The tensor files are the bytes that were written (when the checkpoint has checksums)."""
+    for name, want in meta.get("sha256", {}).items():
+        if not (directory / name).is_file() or sha256(directory / name) != want:
+            raise CorruptCheckpoint(f"checkpoint in {directory}: {name} is missing or does not "
+                                  "match its sha256 (corrupt on disk)")
+
+
 def read(directory: Path) -> tuple[dict, Tensors, Tensors]:
-    """(meta, tensors, moments) of one checkpoint folder."""
+    """(meta, tensors, moments) of one checkpoint folder, its checksums verified."""
     if not (directory / META).is_file():
         old = directory.with_name(directory.name + ".old")
         hint = f" (an older one is at {old})" if old.exists() else ""
         raise CheckpointError(f"no checkpoint in {directory}{hint}: nothing to resume from")
+    meta = read_meta(directory)
+    verify(directory, meta)
     try:
-        meta = json.loads((directory / META).read_text())
         return meta, load_file(str(directory / ADAPTERS)), load_file(str(directory / OPTIMIZER))
     except (OSError, ValueError, SafetensorError) as e:
-        raise CheckpointError(f"checkpoint in {directory} is corrupt or incomplete ({e}); "
+        raise CorruptCheckpoint(f"checkpoint in {directory} is corrupt or incomplete ({e}); "
                               "restart the run without --resume, or restore the files") from e
 
 
 def slices(run: RunDir, n: int) -> list[Slice]:
     """Every checkpoint slice in a run directory; the merged checkpoint holds all n clients."""
     out = []
-    for d in [run.checkpoint, *run.peers.glob("rank-*/round-*")]:
+    for d in [run.checkpoint, run.path / PREVIOUS, *run.peers.glob("rank-*/round-*")]:
         if (d / META).is_file() and not d.name.endswith((".tmp", ".old")):
-            try:
-                m = json.loads((d / META).read_text())
-                lo, hi = m.get("clients", [0, n])
-                out.append((int(m["round"]), range(lo, hi), d))
-            except (ValueError, KeyError, TypeError) as e:
-                raise CheckpointError(f"checkpoint in {d}: {META} is corrupt ({e}); restore "
-                                      "it or restart the run without --resume") from e
+            m = read_meta(d)
+            lo, hi = m.get("clients", [0, n])
+            out.append((m["round"], range(lo, hi), d))
     return out
 
 

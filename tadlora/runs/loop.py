@@ -6,7 +6,15 @@ Checkpoints: a single process saves RUN_DIR/checkpoint; each peer of a distribut
 its slice (RUN_DIR/peers/rank-K/round-R, the last two kept) and rank 0 writes the merged
 checkpoint after the last round, after which the slices are removed (distributed.keep_slices:
 kept). A resume, with any number of processes, restarts from the newest round whose slices
-(the merged checkpoint counts as one) hold every client this process needs, agreed by all.
+(the merged checkpoint counts as one) hold every client this process needs, agreed by all;
+a round whose checkpoint fails its checksums is passed over for the one before, with a warning.
+A run with no checkpoint yet resumes from round 0. The rounds after the checkpoint that
+metrics.jsonl holds are dropped and run again, and the warning says how many.
+
+After every round each process checks its clients' factors, and rank 0 their losses: a NaN or
+infinity stops the run (health.NonFiniteError) before it is saved, so the last checkpoint is
+the last finite state. A new run takes the run directory's lock for its whole life
+(runs/lock.py); a run that fails before its first round leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -17,10 +25,11 @@ from pathlib import Path
 
 from ..engines.base import Engine
 from ..engines.local import LocalEngine
-from . import checkpoint
+from . import checkpoint, health
 from .build import Experiment, build
 from .checkpoint import CheckpointError
 from .config import Config, ConfigError
+from .health import NonFiniteError, warn
 from .rundir import CLIENTS, SUMMARY, RunDir, resumable_config
 
 
@@ -45,27 +54,53 @@ def clients_info(exp: Experiment) -> dict:
             "switch_interval": exp.fed.policy.interval}
 
 
+def _read_round(engine: Engine, parts: list, rnd: int) -> tuple | None:
+    """Round `rnd`'s rows for this process, or None (with a warning) when a slice is corrupt;
+    agreed by all processes."""
+    try:
+        rows = checkpoint.read_rows(checkpoint.cover(parts, rnd, engine.fed.clients),
+                                    engine.fed.clients, engine.fed.policy.interval)
+    except checkpoint.CorruptCheckpoint as e:
+        warn(f"{e}; falling back to an older checkpoint")
+        rows = None
+    return rows if engine.agree(int(rows is not None)) else None
+
+
 def restore(engine: Engine, run: RunDir, exp: Experiment) -> int:
-    """Load the engine's clients from the newest round every process can restore; returns it."""
+    """Load the engine's clients from the newest round every process can restore (and whose
+    checksums hold); returns it, or 0 when the run has no checkpoint yet."""
     parts = checkpoint.slices(run, exp.cfg.clients.n)
     clients = engine.fed.clients
     rounds = sorted({r for r, _, _ in parts if checkpoint.cover(parts, r, clients)})
     engine.barrier("restore")  # builds take unequal times
-    rnd = engine.agree(rounds[-1] if rounds else -1)
-    if engine.agree(int(rnd in rounds)) == 0:
-        if not parts:
-            checkpoint.read(run.checkpoint)  # raises: no checkpoint, nothing to resume from
-        raise CheckpointError(
-            f"{run.path}: no round whose checkpoint slices hold every client (found rounds "
-            f"{sorted({r for r, _, _ in parts})}); without a shared disk, resume with the same "
-            "peers on the same hosts")
-    chosen = checkpoint.cover(parts, rnd, clients)
-    tensors, moments = checkpoint.read_rows(chosen, clients, exp.fed.policy.interval)
+    while True:
+        rnd = engine.agree(rounds[-1] if rounds else -1)
+        if rnd < 0 and engine.agree(int(not parts)):
+            warn(f"{run.path} has no checkpoint yet: starting from round 0")
+            return 0
+        if rnd < 0 or engine.agree(int(rnd in rounds)) == 0:
+            raise CheckpointError(
+                f"{run.path}: no round whose checkpoint slices hold every client and are intact "
+                f"(found rounds {sorted({r for r, _, _ in parts})}); without a shared disk, "
+                "resume with the same peers on the same hosts")
+        rows = _read_round(engine, parts, rnd)
+        if rows is not None:
+            break
+        rounds = [r for r in rounds if r != rnd]
     try:
-        engine.fed.load(tensors, moments)
+        engine.fed.load(*rows)
     except ValueError as e:
         raise CheckpointError(f"checkpoint in {run.path} does not fit this model: {e}") from e
     return rnd
+
+
+def dropped(run: RunDir, first: int, cfg: Config) -> None:
+    """Say how many logged rounds the checkpoint does not cover (they are run again)."""
+    lost = sorted({r["round"] for r in run.records() if r["round"] >= first})
+    if lost:
+        warn(f"resuming {run.path} from round {first}: the {len(lost)} logged round(s) after "
+             f"the checkpoint it restores ({lost[0]}..{lost[-1]}) are dropped and run again "
+             f"(run.checkpoint_every={cfg.run.checkpoint_every})")
 
 
 def save(engine: Engine, run: RunDir, exp: Experiment, rnd: int) -> None:
@@ -74,7 +109,7 @@ def save(engine: Engine, run: RunDir, exp: Experiment, rnd: int) -> None:
     meta = {"round": rnd, "switch_interval": exp.fed.policy.interval,
             "clients": [clients.start, clients.stop]}
     if engine.world == 1:
-        checkpoint.save(run.checkpoint, *engine.fed.state(), meta)
+        checkpoint.save(run.checkpoint, *engine.fed.state(), meta, keep=run.previous)
         return
     checkpoint.save(run.slice(engine.rank, rnd), *engine.fed.state(), meta)
     if not exp.cfg.distributed.keep_slices:
@@ -92,7 +127,8 @@ def finish(engine: Engine, run: RunDir, exp: Experiment) -> None:
         state = engine.gather_state(cfg.run.rounds)
         if state is not None:
             checkpoint.save(run.checkpoint, *state, {"round": cfg.run.rounds,
-                                                     "switch_interval": exp.fed.policy.interval})
+                                                     "switch_interval": exp.fed.policy.interval},
+                            keep=run.previous)
         engine.barrier("merged")
     if cfg.distributed.keep_slices:
         return
@@ -102,25 +138,54 @@ def finish(engine: Engine, run: RunDir, exp: Experiment) -> None:
         shutil.rmtree(run.peers, ignore_errors=True)
 
 
-def execute(engine: Engine, exp: Experiment, run: RunDir, resume: bool) -> dict | None:
-    """Rounds from the start (or from the checkpoint) to run.rounds; the summary on rank 0."""
-    from tqdm import tqdm
-
-    cfg, t0, writer = exp.cfg, time.time(), engine.rank == 0
+def start(engine: Engine, run: RunDir, exp: Experiment, resume: bool) -> int:
+    """The first round to run: restored on resume; the run's files are written on rank 0."""
+    cfg, writer = exp.cfg, engine.rank == 0
     first = restore(engine, run, exp) if resume else 0
     if first >= cfg.run.rounds:
         raise ConfigError(f"{run.path} already finished {first} rounds; extend it with "
                           f"run.rounds=<more than {first}>")
     if writer and resume:
+        dropped(run, first, cfg)
         run.write_config(cfg)
         run.truncate(first)
-    elif writer:
+    if writer and first == 0:
         run.write_json(CLIENTS, clients_info(exp))
+        for problem in health.questionable(cfg):
+            warn(problem)
+    return first
+
+
+def stop_if_nonfinite(engine: Engine, run: RunDir, record: dict | None, t: int,
+                      kept: int) -> None:
+    """Stop before round t is saved when a loss or factor is not finite (the record, with the
+    clients under "nonfinite", is logged first); `kept`: the rounds the checkpoint holds."""
+    losses = health.nonfinite_losses(record)
+    factors = health.nonfinite_clients(engine.fed.model, engine.fed.clients)
+    if losses or factors:
+        if record is not None:
+            record["nonfinite"] = sorted(set(losses) | set(factors))
+            run.append(record)
+        raise NonFiniteError(health.nonfinite_message(t, losses, factors, kept))
+
+
+def execute(engine: Engine, exp: Experiment, run: RunDir, resume: bool) -> dict | None:
+    """Rounds from the start (or from the checkpoint) to run.rounds; the summary on rank 0."""
+    from tqdm import tqdm
+
+    cfg, t0, writer = exp.cfg, time.time(), engine.rank == 0
+    first = start(engine, run, exp, resume)
+    logged = run.records() if writer else []
+    first_loss, warned = (logged[0].get("train_loss") if logged else None), False
     peers = f" x{engine.world} peers" if engine.world > 1 else f" {cfg.topology.kind}"
     bar = tqdm(range(first, cfg.run.rounds), desc=f"{cfg.method.name}{peers}", unit="round",
                disable=not cfg.run.progress or not writer, initial=first, total=cfg.run.rounds)
     for t in bar:
         record = engine.round(t)
+        if first_loss is None and record is not None:
+            first_loss = record["train_loss"]
+        stop_if_nonfinite(engine, run, record, t, max(first, t - t % cfg.run.checkpoint_every))
+        warned = health.divergence(record, first_loss, warned)
         if due(cfg, t):
             ev = engine.evaluate(t)
             if record is not None:
@@ -141,13 +206,24 @@ def execute(engine: Engine, exp: Experiment, run: RunDir, resume: bool) -> dict 
 def run(cfg: Config) -> tuple[Path, dict]:
     """A new run from scratch, every client in this process; (run directory, summary)."""
     run_dir = RunDir.create(cfg)
-    exp = build(cfg)
-    return run_dir.path, execute(LocalEngine(exp.fed, exp.val), exp, run_dir, resume=False)
+    try:
+        try:
+            exp = build(cfg)
+        except BaseException:
+            run_dir.discard()  # a start-up failure leaves nothing behind
+            raise
+        return run_dir.path, execute(LocalEngine(exp.fed, exp.val), exp, run_dir, resume=False)
+    finally:
+        run_dir.unlock()
 
 
 def resume(directory: str | Path, overrides: list[str] = ()) -> tuple[Path, dict]:
     """Continue an interrupted run from its last checkpoint (run.* keys may be changed, e.g.
     run.rounds to extend it); ends with the same metrics as an uninterrupted run."""
-    run_dir = RunDir(Path(directory))
-    exp = build(resumable_config(run_dir.path, overrides))
-    return run_dir.path, execute(LocalEngine(exp.fed, exp.val), exp, run_dir, resume=True)
+    cfg = resumable_config(directory, overrides)
+    run_dir = RunDir.open(Path(directory))
+    try:
+        exp = build(cfg)
+        return run_dir.path, execute(LocalEngine(exp.fed, exp.val), exp, run_dir, resume=True)
+    finally:
+        run_dir.unlock()

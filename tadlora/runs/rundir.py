@@ -9,23 +9,35 @@ these names.
   checkpoint/     every client's tensors + AdamW state (safetensors) after the last saved round
   peers/rank-K/round-RRRRRR/   a distributed run's checkpoint slices, one per peer and round
   error.log       a sweep's record of why the run failed
+  writer.lock     held by the one process writing the directory (runs/lock.py)
+
+A run directory holds only these files: a new run refuses a directory with anything else in it
+(it is not a run), and a directory with a checkpoint or a summary (a started run, to resume).
+A directory with a config but no checkpoint yet (killed before its first one) starts over.
+metrics.jsonl and the JSON files are strict JSON: a non-finite number is written as null.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .config import Config, ConfigError, load, parse_overrides, to_toml
+from .lock import LOCK, Lock
 
 CONFIG, CLIENTS, METRICS, SUMMARY = "config.toml", "clients.json", "metrics.jsonl", "summary.json"
 CHECKPOINT, PEERS, ERROR_LOG = "checkpoint", "peers", "error.log"
-META = "state.json"  # a checkpoint's round and switch interval
-RUN_FILES = {CONFIG, CLIENTS, METRICS, SUMMARY, CHECKPOINT, PEERS, ERROR_LOG,
-             f"{CHECKPOINT}.tmp", f"{CHECKPOINT}.old"}
+META = "state.json"  # a checkpoint's round, switch interval and checksums
+PREVIOUS = f"{CHECKPOINT}.prev"  # the checkpoint before the last (a resume falls back to it)
+RUN_FILES = {CONFIG, CLIENTS, METRICS, SUMMARY, CHECKPOINT, PEERS, ERROR_LOG, LOCK, PREVIOUS,
+             f"{CHECKPOINT}.tmp", f"{CHECKPOINT}.old",
+             *(f"{f}.tmp" for f in (CONFIG, CLIENTS, METRICS, SUMMARY))}
 RESUMABLE_KEYS = ("checkpoint_every", "eval_every", "progress", "rounds")  # run.* on --resume
 
 
@@ -33,6 +45,29 @@ def default_name(cfg: Config) -> str:
     """run.name, or <method>-<topology>-s<seed>-<date>-<time> when it is empty."""
     return cfg.run.name or (f"{cfg.method.name}-{cfg.topology.kind}-s{cfg.run.seed}-"
                             f"{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def check_name(name: str) -> str:
+    """run.name must name one directory inside run.out_dir."""
+    if name in (".", "..") or "/" in name or "\\" in name or name != name.strip() or not name:
+        raise ConfigError(f"run.name={name!r}: a run name is one directory name inside "
+                          "run.out_dir (no '/', no '..'); put the parent in run.out_dir")
+    return name
+
+
+def finite(obj: Any) -> Any:
+    """`obj` with every NaN or infinity replaced by None (strict JSON has no NaN)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite(v) for v in obj]
+    return obj
+
+
+def dumps(obj: Any, indent: int | None = None) -> str:
+    return json.dumps(finite(obj), indent=indent, allow_nan=False)
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -46,25 +81,82 @@ def _file(name: str) -> property:
     return property(lambda self: self.path / name, doc=f"RUN_DIR/{name}")
 
 
+def make_dir(path: Path, key: str) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file where a directory should be, no permission, ...
+        raise ConfigError(f"{key}: cannot create the directory {path} ({e.strerror}: "
+                          f"{e.filename}); choose another {key}") from e
+
+
 @dataclass(frozen=True)
 class RunDir:
     path: Path
+    lock: Lock | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def create(cls, cfg: Config) -> RunDir:
-        """A new run directory with the resolved config; refuses to overwrite a started run."""
-        run = cls(Path(cfg.run.out_dir) / default_name(cfg))
-        if run.metrics.exists() or run.checkpoint.exists():
-            raise ConfigError(f"run directory {run.path} already holds a run; continue it with "
-                              f"`tadlora run --resume {run.path}` or choose another run.name")
-        run.path.mkdir(parents=True, exist_ok=True)
-        run.write_config(cfg)
+        """A new run directory with the resolved config, locked for this process. Refuses a
+        directory that is not a run, a started run and one another process writes."""
+        path = Path(cfg.run.out_dir) / check_name(default_name(cfg))
+        make_dir(path, "run.out_dir")
+        cls(path).check_is_run()  # before the lock file is written into it
+        run = cls.open(path)
+        try:
+            if run.started():
+                raise ConfigError(f"run directory {path} already holds a run; continue it "
+                                  f"with `tadlora run --resume {path}` or choose another "
+                                  "run.name")
+            run.remove_files()  # what a run killed before its first checkpoint left
+            run.write_config(cfg)
+        except BaseException:
+            run.unlock()
+            raise
         return run
+
+    @classmethod
+    def open(cls, path: Path) -> RunDir:
+        """An existing run directory, locked for this process (the one writer)."""
+        return cls(Path(path), Lock(Path(path)))
+
+    def unlock(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+
+    def started(self) -> bool:
+        """Whether a checkpoint (merged, previous or a peer's slice) or a summary exists."""
+        return (self.summary.exists() or self.checkpoint.exists() or self.previous.exists()
+                or any(self.peers.glob("rank-*/round-*")))
+
+    def check_is_run(self) -> None:
+        strange = sorted(p.name for p in self.path.iterdir() if p.name not in RUN_FILES)
+        if strange:
+            raise ConfigError(f"{self.path} is not a run directory (it holds {strange[:5]}); "
+                              "a run writes only into a new directory or a run directory: "
+                              "choose another run.name or run.out_dir")
+
+    def remove_files(self) -> None:
+        """Remove the run's files (never the lock, never anything a run does not make)."""
+        for name in sorted(RUN_FILES - {LOCK}):
+            p = self.path / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            else:
+                p.unlink(missing_ok=True)
+
+    def discard(self) -> None:
+        """After a start-up failure, before any checkpoint: leave nothing behind."""
+        self.remove_files()
+        (self.path / LOCK).unlink(missing_ok=True)
+        self.unlock()
+        if not any(self.path.iterdir()):
+            self.path.rmdir()
 
     config = _file(CONFIG)
     metrics = _file(METRICS)
     summary = _file(SUMMARY)
     checkpoint = _file(CHECKPOINT)
+    previous = _file(PREVIOUS)
     peers = _file(PEERS)
 
     def peer_slices(self, rank: int) -> Path:
@@ -78,7 +170,7 @@ class RunDir:
         atomic_write(self.config, to_toml(cfg))
 
     def write_json(self, name: str, obj: dict) -> None:
-        atomic_write(self.path / name, json.dumps(obj, indent=1))
+        atomic_write(self.path / name, dumps(obj, indent=1))
 
     def read_json(self, name: str) -> dict:
         return json.loads((self.path / name).read_text())
@@ -86,7 +178,7 @@ class RunDir:
     def append(self, record: dict) -> None:
         """One round's record at the end of metrics.jsonl."""
         with self.metrics.open("a") as log:
-            log.write(json.dumps(record) + "\n")
+            log.write(dumps(record) + "\n")
 
     def records(self, before: int | None = None) -> list[dict]:
         """The round records of the run (only rounds < before, if given)."""
@@ -98,14 +190,17 @@ class RunDir:
 
     def truncate(self, before: int) -> None:
         """Drop records of rounds that the checkpoint does not cover (they will be rerun)."""
-        atomic_write(self.metrics, "".join(json.dumps(r) + "\n" for r in self.records(before)))
+        atomic_write(self.metrics, "".join(dumps(r) + "\n" for r in self.records(before)))
 
     def saved_round(self) -> int:
-        """The next round the checkpoint would run; 0 when there is none (or it is unreadable)."""
-        try:
-            return int(json.loads((self.checkpoint / META).read_text())["round"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return 0
+        """The next round the newest readable checkpoint (or the previous one) would run; 0
+        when there is none."""
+        for d in (self.checkpoint, self.previous):
+            try:
+                return int(json.loads((d / META).read_text())["round"])
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
+        return 0
 
 
 def resumable_config(directory: str | Path, overrides: list[str] = ()) -> Config:

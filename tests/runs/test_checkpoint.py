@@ -21,6 +21,7 @@ def test_save_and_read_round_trip_and_replace_atomically(tmp_path):
     t, m = tensors(0, 4)
     d = checkpoint.save(tmp_path / "ck", t, m, {"round": 3, "switch_interval": 2})
     meta, t2, m2 = checkpoint.read(d)
+    assert meta.pop("sha256").keys() == {checkpoint.ADAPTERS, checkpoint.OPTIMIZER}
     assert meta == {"round": 3, "switch_interval": 2}
     assert torch.equal(t2["A/l"], t["A/l"]) and torch.equal(m2["A/l::step"], m["A/l::step"])
     checkpoint.save(tmp_path / "ck", t, m, {"round": 4, "switch_interval": 2})
@@ -33,6 +34,9 @@ def test_missing_and_corrupt_checkpoints_are_explained(tmp_path):
         checkpoint.read(tmp_path / "none")
     d = checkpoint.save(tmp_path / "ck", *tensors(0, 2), {"round": 1, "switch_interval": None})
     (d / checkpoint.ADAPTERS).write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="does not match its sha256"):
+        checkpoint.read(d)
+    (d / "state.json").write_text(json.dumps({"round": 1}))  # an older checkpoint, no sums
     with pytest.raises(CheckpointError, match="corrupt or incomplete"):
         checkpoint.read(d)
 
@@ -60,6 +64,39 @@ def test_the_merged_checkpoint_is_a_slice_of_every_client_and_bad_meta_is_named(
     run = RunDir(tmp_path)
     checkpoint.save(run.checkpoint, *tensors(0, 4), {"round": 2, "switch_interval": None})
     assert [(r, c) for r, c, _ in checkpoint.slices(run, 4)] == [(2, range(0, 4))]
-    (run.checkpoint / "state.json").write_text(json.dumps({"no_round": 1}))
-    with pytest.raises(CheckpointError, match="state.json is corrupt"):
+    for bad in ({"no_round": 1}, [1], {"round": "3"}, {"round": 2, "clients": [3, 1]}):
+        (run.checkpoint / "state.json").write_text(json.dumps(bad))
+        with pytest.raises(CheckpointError, match="state.json is malformed.*restart the run"):
+            checkpoint.slices(run, 4)
+        with pytest.raises(CheckpointError, match="state.json is malformed"):
+            checkpoint.read(run.checkpoint)
+    (run.checkpoint / "state.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="state.json is malformed"):
         checkpoint.slices(run, 4)
+
+
+def flip_a_byte_of_tensor_data(file):
+    """Change one byte inside the tensor data (past safetensors' JSON header)."""
+    data = bytearray(file.read_bytes())
+    data[-3] ^= 0x40
+    file.write_bytes(bytes(data))
+
+
+def test_flipped_bytes_in_tensor_data_fail_the_checksum(tmp_path):
+    d = checkpoint.save(tmp_path / "ck", *tensors(0, 4), {"round": 1, "switch_interval": None})
+    from safetensors.torch import load_file
+    flip_a_byte_of_tensor_data(d / checkpoint.ADAPTERS)
+    load_file(str(d / checkpoint.ADAPTERS))  # safetensors itself does not notice
+    with pytest.raises(checkpoint.CorruptCheckpoint, match="adapters.safetensors .*sha256"):
+        checkpoint.read(d)
+
+
+def test_the_previous_checkpoint_is_kept_where_asked(tmp_path):
+    run = RunDir(tmp_path)
+    for rnd in (1, 2, 3):
+        checkpoint.save(run.checkpoint, *tensors(0, 2), {"round": rnd, "switch_interval": None},
+                        keep=run.previous)
+    assert checkpoint.read(run.checkpoint)[0]["round"] == 3
+    assert checkpoint.read(run.previous)[0]["round"] == 2
+    assert sorted(r for r, _, _ in checkpoint.slices(run, 2)) == [2, 3]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint", "checkpoint.prev"]

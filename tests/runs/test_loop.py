@@ -1,16 +1,21 @@
 """The round loop in one process: the run directory it writes, checkpoints and resume."""
 
 import json
+import os
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
+from tadlora.core import lora
 from tadlora.core.precision import resolve_precision
 from tadlora.engines import local
 from tadlora.runs import config, loop
 from tadlora.runs.checkpoint import CheckpointError
 from tadlora.runs.config import ConfigError
+from tadlora.runs.health import NonFiniteError, RunWarning
 from tests.conftest import tiny_run_args
+from tests.runs.test_checkpoint import flip_a_byte_of_tensor_data
 
 
 def records(d):
@@ -76,8 +81,9 @@ def test_resume_rejects_corrupt_checkpoint_and_changed_config(tiny_model_dir, tm
         loop.resume(d)
     with pytest.raises(ConfigError, match="only run"):
         loop.resume(d, ["train.lr=1"])
-    (d / "checkpoint" / "adapters.safetensors").write_bytes(b"garbage")
-    with pytest.raises(CheckpointError, match="corrupt"):
+    for ck in ("checkpoint", "checkpoint.prev"):
+        (d / ck / "adapters.safetensors").write_bytes(b"garbage")
+    with pytest.warns(RunWarning, match="sha256"), pytest.raises(CheckpointError, match="intact"):
         loop.resume(d, ["run.rounds=6"])
 
 
@@ -108,7 +114,9 @@ def test_checkpoint_every_keeps_the_last_multiple_and_resume_reruns_since(
     ran = []
     monkeypatch.setattr(local, "run_round", lambda fed, t: ran.append(t) or
                         crash_at(None)(fed, t))
-    _, resumed_summary = loop.resume(cut)
+    with pytest.warns(RunWarning, match=r"from round 2: the 1 logged round\(s\) after the "
+                                         r"checkpoint it restores \(2..2\) are dropped"):
+        _, resumed_summary = loop.resume(cut)
     assert ran == [2, 3] and saves == [2, 4]  # the last round is always saved
     assert records(cut) == records(full)
     assert strip_time([resumed_summary]) == strip_time([full_summary])
@@ -135,3 +143,126 @@ def test_resume_refuses_a_changed_switch_interval(tiny_model_dir, tmp_path):
     (d / "config.toml").write_text(text)  # the interval it was made with: resumes
     _, summary = loop.resume(d, ["run.rounds=6"])
     assert summary["rounds"] == 6 and [r["switch_interval"] for r in records(d)] == [2] * 6
+
+
+# ------------------------------------------------------------------ integrity (issue 17)
+
+
+def test_a_corrupt_checkpoint_falls_back_to_the_previous_one(tiny_model_dir, tmp_path):
+    """Flipped bytes in the last checkpoint's tensor data: resume warns, restores the previous
+    checkpoint (round 3), truncates metrics.jsonl to it and ends with the full run's metrics."""
+    args = tiny_run_args(tiny_model_dir, tmp_path, "full", "method.name=lora")
+    full, _ = loop.run(config.load(None, args))
+    args[2] = "run.name=c"
+    d, _ = loop.run(config.load(None, args))
+    assert saved_round(d) == 4 and (d / "checkpoint.prev").is_dir()
+    (d / "summary.json").unlink()
+    flip_a_byte_of_tensor_data(d / "checkpoint" / "adapters.safetensors")
+    with pytest.warns(RunWarning, match="sha256.*falling back") as got:
+        loop.resume(d, ["run.rounds=4"])
+    dropped = "the 1 logged round(s) after the checkpoint it restores (3..3)"
+    assert any(dropped in str(w.message) for w in got)
+    assert strip_time(records(d)) == strip_time(records(full))
+    for d2 in (d / "checkpoint", d / "checkpoint.prev"):
+        flip_a_byte_of_tensor_data(d2 / "adapters.safetensors")
+    with pytest.warns(RunWarning), pytest.raises(CheckpointError, match="intact"):
+        loop.resume(d, ["run.rounds=6"])
+
+
+def test_a_run_killed_before_its_first_checkpoint_reruns_or_resumes(
+        tiny_model_dir, tmp_path, monkeypatch):
+    args = tiny_run_args(tiny_model_dir, tmp_path, "k", "run.checkpoint_every=3")
+    monkeypatch.setattr(local, "run_round", crash_at(2))
+    with pytest.raises(KeyboardInterrupt):
+        loop.run(config.load(None, args))
+    d = tmp_path / "k"
+    assert [r["round"] for r in records(d)] == [0, 1] and not (d / "checkpoint").exists()
+    monkeypatch.undo()
+    with pytest.warns(RunWarning) as got:
+        _, summary = loop.resume(d)
+    messages = [str(w.message) for w in got]
+    assert any("no checkpoint yet: starting from round 0" in m for m in messages)
+    dropped = "the 2 logged round(s) after the checkpoint it restores (0..1)"
+    assert any(dropped in m for m in messages)
+    assert [r["round"] for r in records(d)] == [0, 1, 2, 3] and summary["rounds"] == 4
+    monkeypatch.setattr(local, "run_round", crash_at(1))
+    args[2] = "run.name=k2"
+    with pytest.raises(KeyboardInterrupt):
+        loop.run(config.load(None, args))
+    monkeypatch.undo()
+    _, again = loop.run(config.load(None, args))  # the same command again starts over
+    assert again["rounds"] == 4
+
+
+def test_a_second_writer_is_refused_while_the_first_runs(tiny_model_dir, tmp_path, monkeypatch):
+    args = tiny_run_args(tiny_model_dir, tmp_path, "w")
+    seen = []
+
+    def run_round(fed, t, real=local.run_round):
+        if t == 1:
+            with pytest.raises(ConfigError, match=f"being written by .*pid {os.getpid()}"):
+                loop.resume(tmp_path / "w")
+            with pytest.raises(ConfigError, match="being written"):
+                loop.run(config.load(None, args))
+            seen.append(t)
+        return real(fed, t)
+
+    monkeypatch.setattr(local, "run_round", run_round)
+    loop.run(config.load(None, args))
+    assert seen == [1] and [r["round"] for r in records(tmp_path / "w")] == [0, 1, 2, 3]
+
+
+def test_a_run_that_fails_at_start_up_leaves_nothing(tmp_path):
+    cfg = config.load(None, [f"run.out_dir={tmp_path}", "run.name=bad",
+                             f"model.path={tmp_path / 'no-such-model'}", "clients.n=2",
+                             "data.source=synthetic", "train.device=cuda:7"])
+    with pytest.raises(ConfigError):
+        loop.run(cfg)
+    assert sorted(tmp_path.iterdir()) == []
+
+
+def nan_at(t_bad, client, real=local.run_round):
+    """engines.local.run_round, but client `client`'s factors turn NaN in round `t_bad`."""
+    def run_round(fed, t):
+        record = real(fed, t)
+        if t == t_bad:
+            with torch.no_grad():
+                next(iter(lora.state(fed.model).values()))[client].fill_(float("nan"))
+        return record
+    return run_round
+
+
+def test_non_finite_factors_stop_the_run_and_keep_the_last_finite_checkpoint(
+        tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(local, "run_round", nan_at(2, 1))
+    args = tiny_run_args(tiny_model_dir, tmp_path, "n", "method.name=lora")
+    with pytest.raises(NonFiniteError, match=r"round 2: client\(s\) \[1\] hold non-finite "
+                                             r"factors.*after 2 rounds"):
+        loop.run(config.load(None, args))
+    d = tmp_path / "n"
+    assert saved_round(d) == 2 and not (d / "summary.json").exists()
+    text = (d / "metrics.jsonl").read_text()
+    rows = [json.loads(x, parse_constant=pytest.fail) for x in text.splitlines()]
+    assert [r["round"] for r in rows] == [0, 1, 2] and rows[2]["nonfinite"] == [1]
+    assert all(torch.isfinite(v).all() for v in
+               load_file(str(d / "checkpoint" / "adapters.safetensors")).values())
+
+
+def test_divergence_is_warned_and_recorded(tiny_model_dir, tmp_path, monkeypatch):
+    def run_round(fed, t, real=local.run_round):
+        record = real(fed, t)
+        record["train_loss"] *= 10 if t == 2 else 1
+        return record
+
+    monkeypatch.setattr(local, "run_round", run_round)
+    with pytest.warns(RunWarning, match="round 2: diverging: training loss .* train.lr"):
+        loop.run(config.load(None, tiny_run_args(tiny_model_dir, tmp_path, "dv")))
+    rows = records(tmp_path / "dv")
+    assert ["warning" in r for r in rows] == [False, False, True, False]
+
+
+def test_questionable_settings_are_warned(tiny_model_dir, tmp_path):
+    args = tiny_run_args(tiny_model_dir, tmp_path, "q", "method.name=lora",
+                         "method.switch_interval=3", "run.rounds=1")
+    with pytest.warns(RunWarning, match="switch_interval=3 has no effect on method.name=lora"):
+        loop.run(config.load(None, args))

@@ -1,10 +1,13 @@
 """The run directory: names, creation, the metrics log, atomic writes, resumable config."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
-from tadlora.runs import config, rundir
+from tadlora.runs import config, lock, rundir
 from tadlora.runs.config import ConfigError
 from tadlora.runs.rundir import RunDir
 
@@ -13,9 +16,89 @@ def test_create_writes_the_config_and_refuses_a_started_run(tmp_path):
     cfg = config.load(None, [f"run.out_dir={tmp_path}", "run.name=r", "method.name=lora"])
     run = RunDir.create(cfg)
     assert run.path == tmp_path / "r" and config.load(run.config) == cfg
-    run.append({"round": 0})
+    run.checkpoint.mkdir()
+    run.unlock()
     with pytest.raises(ConfigError, match="already holds a run.*--resume"):
         RunDir.create(cfg)
+    run.checkpoint.rmdir()
+    (run.path / "summary.json").write_text("{}")
+    with pytest.raises(ConfigError, match="already holds a run"):
+        RunDir.create(cfg)
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_over(tmp_path):
+    cfg = config.load(None, [f"run.out_dir={tmp_path}", "run.name=r"])
+    run = RunDir.create(cfg)
+    run.append({"round": 0})
+    run.write_json("clients.json", {})
+    run.unlock()  # as when its process died
+    again = RunDir.create(cfg)
+    assert again.records() == [] and not (again.path / "clients.json").exists()
+    assert sorted(p.name for p in again.path.iterdir()) == ["config.toml", "writer.lock"]
+
+
+def test_a_second_writer_is_refused_with_the_holder_named(tmp_path):
+    cfg = config.load(None, [f"run.out_dir={tmp_path}", "run.name=r"])
+    run = RunDir.create(cfg)
+    with pytest.raises(ConfigError, match=rf"being written by .*pid {os.getpid()}"):
+        RunDir.create(cfg)
+    with pytest.raises(lock.Busy):
+        RunDir.open(run.path)
+    run.unlock()
+    RunDir.open(run.path).unlock()
+
+
+def test_a_lock_of_a_dead_process_does_not_block(tmp_path):
+    """A process that takes the lock and is killed (SIGKILL): the kernel drops its lock."""
+    code = ("import sys, os, signal; from pathlib import Path; from tadlora.runs.lock import "
+            "Lock; Lock(Path(sys.argv[1])); print('held', flush=True); "
+            "os.kill(os.getpid(), signal.SIGKILL)")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                          text=True)
+    assert done.returncode == -9 and "held" in done.stdout
+    assert "pid" in (tmp_path / lock.LOCK).read_text()  # the dead holder's line is still there
+    with lock.Lock(tmp_path) as held:
+        assert f"pid {os.getpid()}" in held.path.read_text()
+
+
+def test_never_writes_into_a_directory_that_is_not_a_run(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    cfg = config.load(None, [f"run.out_dir={tmp_path}", "run.name=mine"])
+    with pytest.raises(ConfigError, match=r"not a run directory .*notes.txt"):
+        RunDir.create(cfg)
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.parametrize("name", ["..", ".", "../x", "a/b", "/tmp/x", "a\\b"])
+def test_run_name_cannot_leave_the_out_dir(tmp_path, name):
+    cfg = config.load(None, [f"run.out_dir={tmp_path / 'out'}", f"run.name={name}"])
+    with pytest.raises(ConfigError, match="run.name=.*one directory name inside run.out_dir"):
+        RunDir.create(cfg)
+    assert not (tmp_path / "out").exists() and sorted(tmp_path.iterdir()) == []
+
+
+def test_an_out_dir_through_a_file_is_named(tmp_path):
+    (tmp_path / "f").write_text("")
+    cfg = config.load(None, [f"run.out_dir={tmp_path / 'f' / 'runs'}", "run.name=r"])
+    with pytest.raises(ConfigError, match="run.out_dir: cannot create the directory"):
+        RunDir.create(cfg)
+
+
+def test_discard_leaves_nothing_of_a_run_that_failed_at_start_up(tmp_path):
+    run = RunDir.create(config.load(None, [f"run.out_dir={tmp_path}", "run.name=r"]))
+    run.discard()
+    assert sorted(tmp_path.iterdir()) == []
+
+
+def test_the_metrics_log_is_strict_json(tmp_path):
+    run = RunDir(tmp_path)
+    run.append({"round": 0, "train_loss": float("nan"), "client_loss": [1.0, float("inf")]})
+    line = run.metrics.read_text()
+    assert "NaN" not in line and "Infinity" not in line
+    assert json.loads(line, parse_constant=lambda c: pytest.fail(c)) == \
+        {"round": 0, "train_loss": None, "client_loss": [1.0, None]}
+    assert run.records() == [json.loads(line)]
 
 
 def test_default_name_says_method_topology_and_seed():
