@@ -19,7 +19,9 @@ sent the others (the unmixed factor for ffa/rolora/local; in p2p mode both A and
 with distributed.diagnostics=false nothing is sent and consensus_A/B and cross_term_error are
 null.
 
-Rows that fail the checks (shape, dtype, finiteness) are left out of the round's mixing: their
+Rows that fail the checks (shape, dtype, HMAC tag with distributed.secret_file, finiteness,
+and a norm more than distributed.max_norm_ratio x the median of the peer's own rows:
+robust_mixing.outliers) are left out of the round's mixing: their
 column of W(t) is zeroed and every row renormalised to sum to 1 over the rest
 (robust_mixing.mix_held).
 So a client whose row was bad takes its healthy neighbours' average, and a client left with no
@@ -54,7 +56,7 @@ from . import exchange, faults, records
 from .base import State
 from .exchange import Received, Stamp
 from .net import EXCHANGES, Net, mixed_keys
-from .robust_mixing import applied, held_factors, mix_held
+from .robust_mixing import applied, held_factors, mix_held, outliers
 
 log = logging.getLogger("tadlora.distributed")
 
@@ -89,7 +91,9 @@ def _exchange(fed: Federation, net: Net, t: int, kinds: frozenset[str],
                   exchange.kinds_mask(kinds))
     fn, _ = EXCHANGES[net.mode]
     got = net.live.guard(
-        lambda: fn(net.slices, net.rank, own, wire, stamp, w, net.cap(own.shape[1])))
+        lambda: fn(net.slices, net.rank, own, wire, stamp, w, net.cap(own.shape[1]), net.key))
+    got.excluded.update(outliers(got.rows, got.clients, net.clients, net.owners,
+                                 net.max_norm_ratio, got.excluded))
     for c, why in sorted(got.excluded.items()):
         log.warning("round %d: client %d left out of the mixing: %s", t, c, why)
     return got

@@ -3,9 +3,10 @@ send/recv. No config and no training here; distributed.py decides what to send a
 
 A payload is a (rows, width) tensor: one row per client, the client's mixed tensors flattened
 and concatenated. Every payload travels behind a small float64 header (a "stamp": round,
-sender, rows, width, dtype, kinds), so a receiver checks shape and dtype before using a single
-value, then finiteness row by row. A row that fails is left out of the round's mixing; nothing
-received is ever unpickled (tensors only, no *_object collectives).
+sender, rows, width, dtype, kinds, tagged), so a receiver checks shape and dtype before using
+a single value, then (with distributed.secret_file) the payload's HMAC tag (auth.py), then
+finiteness row by row. A row that fails is left out of the round's mixing; nothing received is
+ever unpickled (tensors only, no *_object collectives).
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from . import auth
+
 MAGIC = 7357.0  # first header value: "this is a tadlora payload header"
-HEADER = 8  # float64 values: magic, round, rank, rows, width, dtype, kinds, spare
+HEADER = 8  # float64 values: magic, round, rank, rows, width, dtype, kinds, tagged
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 KIND_BITS = {"A": 1, "B": 2, "head": 4}
 
@@ -37,22 +40,25 @@ class Stamp:
     width: int
     dtype: torch.dtype
     kinds: int
+    tagged: int = 0  # 1: an HMAC tag (auth.TAG_BYTES) follows the payload
 
     def header(self) -> torch.Tensor:
         return torch.tensor([MAGIC, self.round, self.rank, self.rows, self.width,
-                             DTYPES.index(self.dtype), self.kinds, 0], dtype=torch.float64)
+                             DTYPES.index(self.dtype), self.kinds, self.tagged],
+                            dtype=torch.float64)
 
     @staticmethod
     def parse(h: torch.Tensor, src: int, cap: int) -> Stamp:
         """Decode a received header; refuses what cannot be received safely."""
         v = h.double().cpu().tolist()
-        ints = all(float(x).is_integer() for x in v[1:7])
+        ints = all(float(x).is_integer() for x in v[1:7]) and v[7] in (0, 1)
         if v[0] != MAGIC or not ints or not 0 <= v[5] < len(DTYPES) or v[3] < 0 or v[4] < 0:
             raise ProtocolError(f"rank {src} sent a malformed header {v}")
         if v[3] * v[4] > cap:
             raise ProtocolError(f"rank {src} announced {int(v[3])} x {int(v[4])} values, more "
                                 f"than the {cap} any payload of this run can hold")
-        return Stamp(int(v[1]), int(v[2]), int(v[3]), int(v[4]), DTYPES[int(v[5])], int(v[6]))
+        return Stamp(int(v[1]), int(v[2]), int(v[3]), int(v[4]), DTYPES[int(v[5])], int(v[6]),
+                     int(v[7]))
 
     def mismatch(self, expected: Stamp) -> str | None:
         """Why this stamp does not fit `expected`, or None."""
@@ -130,11 +136,14 @@ HEADER_BYTES = HEADER * 8
 
 
 def all_gather_rows(slices: list[range], rank: int, own: torch.Tensor, wire: torch.Tensor,
-                    stamp: Stamp, w: np.ndarray, cap: int) -> Received:
+                    stamp: Stamp, w: np.ndarray, cap: int, key: bytes | None = None
+                    ) -> Received:
     """Every rank's rows to every rank, whatever W (unused here) says: one all_gather of
-    headers, one of payloads (padded to the largest, as all_gather needs equal sizes). `own`
-    are this rank's true rows, `wire` what it sends (the same except under fault injection)."""
+    headers, one of payloads (padded to the largest, as all_gather needs equal sizes), and
+    one of HMAC tags when `key` is given. `own` are this rank's true rows, `wire` what it
+    sends (the same except under fault injection)."""
     world, dev = len(slices), own.device
+    stamp = replace(stamp, tagged=int(key is not None))
     headers = [torch.empty(HEADER, dtype=torch.float64, device=dev) for _ in range(world)]
     dist.all_gather(headers, stamp.header().to(dev))
     stamps = [Stamp.parse(h, k, cap) for k, h in enumerate(headers)]
@@ -144,6 +153,7 @@ def all_gather_rows(slices: list[range], rank: int, own: torch.Tensor, wire: tor
     flat[:n_wire] = wire.reshape(-1)[:n_wire].to(own.dtype)
     chunks = [torch.empty_like(flat) for _ in range(world)]
     dist.all_gather(chunks, flat)
+    tags = auth.gather_tags(key, [s.tagged for s in stamps], stamp.header().to(dev), flat)
     rows, clients, excluded = [], [], {}
     for k, (s, chunk) in enumerate(zip(stamps, chunks, strict=True)):
         ids = list(slices[k])
@@ -152,7 +162,8 @@ def all_gather_rows(slices: list[range], rank: int, own: torch.Tensor, wire: tor
             excluded.update(_finite_check(own, ids, k))
         else:
             expect = Stamp(stamp.round, k, len(ids), own.shape[1], own.dtype, stamp.kinds)
-            why = s.mismatch(expect)
+            why = (s.mismatch(expect)
+                   or auth.unverified(key, headers[k], s.tagged, chunk, tags[k]))
             if why:
                 excluded.update({c: f"rank {k} sent a bad payload ({why})" for c in ids})
                 rows.append(torch.zeros(len(ids), own.shape[1], dtype=own.dtype, device=dev))
@@ -162,33 +173,43 @@ def all_gather_rows(slices: list[range], rank: int, own: torch.Tensor, wire: tor
                 excluded.update(_finite_check(got, ids, k))
         clients += ids
     per_row = _nbytes(1, own.shape[1], own.dtype) * (world - 1)
-    sent = (HEADER_BYTES + _nbytes(size, 1, own.dtype)) * (world - 1)
+    tag_bytes = 0 if tags[0] is None else auth.TAG_BYTES
+    sent = (HEADER_BYTES + _nbytes(size, 1, own.dtype) + tag_bytes) * (world - 1)
     return Received(torch.cat(rows), clients, excluded, sent,
                     {c: per_row for c in slices[rank]})
 
 
-def send_rows(dst: int, stamp: Stamp, payload: torch.Tensor) -> int:
-    """Header, then payload (blocking). Returns the bytes sent."""
-    dist.send(stamp.header().to(payload.device), dst)
-    dist.send(payload.contiguous().reshape(-1), dst)
-    return HEADER_BYTES + payload.numel() * payload.element_size()
+def send_rows(dst: int, stamp: Stamp, payload: torch.Tensor, key: bytes | None = None) -> int:
+    """Header, payload and (with `key`) its HMAC tag (blocking). Returns the bytes sent."""
+    header = replace(stamp, tagged=int(key is not None)).header().to(payload.device)
+    flat = payload.contiguous().reshape(-1)
+    dist.send(header, dst)
+    dist.send(flat, dst)
+    if key is not None:
+        dist.send(auth.tag(key, header, flat), dst)
+    return (HEADER_BYTES + payload.numel() * payload.element_size()
+            + (auth.TAG_BYTES if key is not None else 0))
 
 
-def recv_rows(src: int, expect: Stamp, cap: int, device: torch.device
+def recv_rows(src: int, expect: Stamp, cap: int, device: torch.device, key: bytes | None = None
               ) -> tuple[torch.Tensor, str | None]:
     """Receive what `src` sends with send_rows; returns (rows, why it does not fit or None).
-    The payload is received at its announced size either way, so the stream stays aligned."""
+    The payload (and a tag the header announces) is received at its announced size either
+    way, so the stream stays aligned; with `key`, a payload without a valid tag does not fit."""
     h = torch.empty(HEADER, dtype=torch.float64, device=device)
     dist.recv(h, src)
     got = Stamp.parse(h, src, cap)
     flat = torch.empty(got.rows * got.width, dtype=got.dtype, device=device)
     dist.recv(flat, src)
-    why = got.mismatch(expect)
+    tag = torch.empty(auth.TAG_BYTES, dtype=torch.uint8, device=device) if got.tagged else None
+    if tag is not None:
+        dist.recv(tag, src)
+    why = got.mismatch(expect) or auth.unverified(key, h, got.tagged, flat, tag)
     return (flat.view(got.rows, got.width) if why is None else flat), why
 
 
 def p2p_rows(slices: list[range], rank: int, own: torch.Tensor, wire: torch.Tensor,
-             stamp: Stamp, w: np.ndarray, cap: int) -> Received:
+             stamp: Stamp, w: np.ndarray, cap: int, key: bytes | None = None) -> Received:
     """Neighbour-only exchange: rank a sends rank b exactly the rows of its clients that some
     client of b mixes with (from W(t), which every rank computes itself). Blocking send/recv
     along `schedule`: in each pair the lower rank sends first. (batch_isend_irecv is avoided:
@@ -212,12 +233,12 @@ def p2p_rows(slices: list[range], rank: int, own: torch.Tensor, wire: torch.Tens
             if what == "send":
                 local = [c - lo for c in ids]
                 s = Stamp(stamp.round, rank, len(ids), wire.shape[1], wire.dtype, stamp.kinds)
-                sent += send_rows(other, s, wire[local])
+                sent += send_rows(other, s, wire[local], key)
                 for c in ids:
                     client_sent[c] += per_row
                 continue
             expect = Stamp(stamp.round, other, len(ids), own.shape[1], own.dtype, stamp.kinds)
-            got, why = recv_rows(other, expect, cap, dev)
+            got, why = recv_rows(other, expect, cap, dev, key)
             if why:
                 excluded.update({c: f"rank {other} sent a bad payload ({why})" for c in ids})
                 got = torch.zeros(len(ids), own.shape[1], dtype=own.dtype, device=dev)
@@ -229,15 +250,16 @@ def p2p_rows(slices: list[range], rank: int, own: torch.Tensor, wire: torch.Tens
 
 
 def gather_to_first(counts: list[int], rank: int, rows: torch.Tensor, stamp: Stamp,
-                    cap: int) -> tuple[torch.Tensor | None, dict[int, str]]:
+                    cap: int, key: bytes | None = None
+                    ) -> tuple[torch.Tensor | None, dict[int, str]]:
     """Every rank's rows (counts[k] of them) to rank 0, in rank order: the stacked rows there,
     None elsewhere, plus (rank 0) the ranks whose rows failed the checks, as NaN rows."""
     if rank != 0:
-        send_rows(0, stamp, rows)
+        send_rows(0, stamp, rows, key)
         return None, {}
     parts, bad = [rows], {}
     for k in range(1, len(counts)):
-        got, why = recv_rows(k, replace(stamp, rank=k, rows=counts[k]), cap, rows.device)
+        got, why = recv_rows(k, replace(stamp, rank=k, rows=counts[k]), cap, rows.device, key)
         if why:
             bad[k] = why
             got = torch.full((counts[k], rows.shape[1]), float("nan"), dtype=rows.dtype,

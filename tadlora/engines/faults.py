@@ -1,6 +1,7 @@
 """Fault injection for tests of the distributed engine: TADLORA_FAULT="kind:rank:round,..."
-with kind nan (a NaN in what the rank sends), shape (a payload one column too wide), kill
-(SIGKILL before the exchange) or hang (SIGSTOP before the exchange)."""
+with kind nan (a NaN in what the rank sends), big (what it sends times 1e6), shape (a payload
+one column too wide), kill (SIGKILL before the exchange) or hang (SIGSTOP before the
+exchange)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ def wire(buf: torch.Tensor, rank: int, t: int) -> torch.Tensor:
         bad = buf.clone()
         bad[0, 0] = float("nan")
         return bad
+    if _fault("big", rank, t):  # finite but far too large: a poisoned payload
+        return buf * 1e6
     if _fault("shape", rank, t):
         return torch.cat([buf, buf[:, :1]], dim=1)
     return buf

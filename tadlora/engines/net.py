@@ -7,9 +7,10 @@ from dataclasses import dataclass
 
 import torch
 
-from . import exchange
+from . import auth, exchange
 from .exchange import Received, Stamp
 from .liveness import Liveness
+from .robust_mixing import MAX_NORM_RATIO
 
 Exchange = Callable[..., Received]
 EXCHANGES: dict[str, tuple[Exchange, bool]] = {  # mode -> (exchange, rank 0 gets every row)
@@ -17,6 +18,18 @@ EXCHANGES: dict[str, tuple[Exchange, bool]] = {  # mode -> (exchange, rank 0 get
     "p2p": (exchange.p2p_rows, False),
 }
 BACKENDS = ("auto", "gloo", "nccl")  # auto: nccl when training on cuda, else gloo
+
+
+def distributed_problem(max_norm_ratio: float, secret_file: str) -> str | None:
+    """What is wrong with distributed.max_norm_ratio and distributed.secret_file, or None."""
+    if max_norm_ratio != 0 and not max_norm_ratio > 1:
+        return (f"distributed.max_norm_ratio={max_norm_ratio}: must be > 1 (a received row "
+                f"whose norm is over this multiple of the median is left out), or 0 (off)")
+    try:
+        auth.secret(secret_file)
+    except ValueError as e:
+        return f"distributed.secret_file={secret_file!r}: {e}"
+    return None
 
 
 def backend(name: str, device: str) -> str:
@@ -34,10 +47,17 @@ class Net:
     mode: str = "all_gather"
     diagnostics: bool = True
     device: torch.device = torch.device("cpu")  # where transfers happen (the GPU for nccl)
+    max_norm_ratio: float = MAX_NORM_RATIO  # robust_mixing.outliers; 0 = off
+    key: bytes | None = None  # the shared secret of distributed.secret_file (auth.py)
 
     @property
     def world(self) -> int:
         return len(self.slices)
+
+    @property
+    def owners(self) -> list[int]:
+        """The rank that holds each client."""
+        return [k for k, s in enumerate(self.slices) for _ in s]
 
     @property
     def clients(self) -> range:
@@ -58,7 +78,7 @@ class Net:
         stamp = Stamp(t, self.rank, counts[self.rank], rows.shape[1], rows.dtype, 0)
         cap, rows = self.cap(rows.shape[1]), rows.to(self.device)
         full, bad = self.live.guard(
-            lambda: exchange.gather_to_first(counts, self.rank, rows, stamp, cap))
+            lambda: exchange.gather_to_first(counts, self.rank, rows, stamp, cap, self.key))
         return (None if full is None else full.cpu()), bad
 
 

@@ -9,7 +9,7 @@ import torch
 
 from ..core import gossip, lora
 from ..core.federation import Federation, applied_to_factors, round_record
-from . import exchange
+from . import auth, exchange
 from .exchange import Received
 from .net import EXCHANGES, Net, mixed_keys
 from .robust_mixing import applied, held_factors, mix_held, renormalised
@@ -29,12 +29,25 @@ def diagnostic_rows(net: Net, fac: dict, kinds: frozenset[str]) -> torch.Tensor 
 
 
 PER_PEER = ("compute_s", "wait_s", "transfer_s", "peer_bytes_sent", "diagnostic_bytes")
+# why a row was left out, as the record's "excluded_reason" names it: non-finite values, a
+# payload of the wrong shape or dtype, a failed HMAC tag, a norm over the bound
+REASONS = ("non-finite", "payload", "auth", "norm")
+
+
+def reason(why: str) -> str:
+    """The REASONS entry of an exclusion message (exchange.py, auth.py, robust_mixing.py)."""
+    if auth.UNAUTHENTIC in why:
+        return "auth"
+    if "distributed.max_norm_ratio" in why:
+        return "norm"
+    return "non-finite" if why.startswith("non-finite") else "payload"
 
 
 def _report_row(net: Net, losses: np.ndarray, times: list[float], got: Received,
                 pre: torch.Tensor | None) -> torch.Tensor:
     """This peer's numbers for rank 0, one float64 row: PER_PEER, then (padded to the largest
-    slice) its clients' losses and bytes, then a 0/1 mask of the clients it left out."""
+    slice) its clients' losses and bytes, then per client 0 (mixed) or 1 + the index in
+    REASONS of why it left the client out."""
     m = max(len(s) for s in net.slices)
     sent_diag = 0 if pre is None or net.rank == 0 else (
         exchange.HEADER_BYTES + pre.numel() * pre.element_size())
@@ -44,7 +57,8 @@ def _report_row(net: Net, losses: np.ndarray, times: list[float], got: Received,
     mine[0, :len(losses)] = losses
     mine[1, :len(losses)] = [got.client_sent.get(c, 0) for c in net.clients]
     row[len(PER_PEER):len(PER_PEER) + 2 * m] = mine.reshape(-1)
-    row[len(PER_PEER) + 2 * m:] = [c in got.excluded for c in range(net.n)]
+    row[len(PER_PEER) + 2 * m:] = [1 + REASONS.index(reason(got.excluded[c]))
+                                   if c in got.excluded else 0 for c in range(net.n)]
     return torch.as_tensor(row)[None]
 
 
@@ -66,11 +80,20 @@ def report(fed: Federation, net: Net, t: int, losses: np.ndarray,
     record.update(bytes_sent=per_client[1].astype(int).tolist(), peers=net.world, mode=net.mode)
     record.update({key: (r[:, i].astype(int) if "bytes" in key else r[:, i].round(4)).tolist()
                    for i, key in enumerate(PER_PEER)})
-    left_out = r[:, p + 2 * m:] == 1  # (world, n): which peer left which client out
-    if left_out.any():
-        record["excluded"] = {str(c): np.flatnonzero(left_out[:, c]).tolist()
-                              for c in range(net.n) if left_out[:, c].any()}
+    record.update(_exclusions(r[:, p + 2 * m:], net.n))
     return record
+
+
+def _exclusions(codes: np.ndarray, n: int) -> dict:
+    """From the (world, n) reason codes: "excluded" (client -> the peers that left it out)
+    and "excluded_reason" (client -> why, REASONS), or nothing when nothing was left out."""
+    left_out = codes >= 1
+    if not left_out.any():
+        return {}
+    out = [c for c in range(n) if left_out[:, c].any()]
+    return {"excluded": {str(c): np.flatnonzero(left_out[:, c]).tolist() for c in out},
+            "excluded_reason": {str(c): sorted({REASONS[int(x) - 1] for x in codes[:, c]
+                                                if x >= 1}) for c in out}}
 
 
 def _diagnostics(net: Net, fed: Federation, kinds: frozenset[str], w: np.ndarray,

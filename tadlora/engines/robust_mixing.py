@@ -62,3 +62,27 @@ def held_factors(keys: list[tuple[str, str]], every: list[torch.Tensor],
             x[sorted(excluded)] = 0
             held[k][name] = x
     return held
+
+
+MAX_NORM_RATIO = 10.0  # distributed.max_norm_ratio's default
+
+
+def outliers(rows: torch.Tensor, clients: list[int], own: range, owners: list[int],
+             ratio: float, excluded: set[int] | dict[int, str]) -> dict[int, str]:
+    """Received rows too large to be honest: a row (one client's mixed tensors, flattened)
+    whose L2 norm exceeds `ratio` x the reference, the median norm of this peer's own rows
+    (its own clients, which it trusts), or, where those are all zero, the median over every
+    finite row it holds. Own rows and rows already in `excluded` are not judged; ratio 0 turns
+    the check off. Returns client -> why, naming the sending rank (owners[client])."""
+    if not ratio or not rows.numel():
+        return {}
+    norms = torch.linalg.vector_norm(rows.double(), dim=1)
+    mine = [i for i, c in enumerate(clients) if c in own]
+    ref = norms[mine].median().item() if mine else 0.0
+    if ref == 0:
+        finite = norms[torch.isfinite(norms)]
+        ref = finite.median().item() if finite.numel() else 0.0
+    return {c: f"norm {norms[i].item():.3g} from rank {owners[c]} is more than {ratio:g} x "
+               f"the median norm {ref:.3g} of this peer's rows (distributed.max_norm_ratio)"
+            for i, c in enumerate(clients)
+            if c not in own and c not in excluded and norms[i].item() > ratio * ref}

@@ -25,7 +25,7 @@ from ..data.partition import PARTITIONS
 from ..data.sources import SOURCES
 from ..data.synthetic import TaskSpec
 from ..engines.liveness import ON_PEER_LOSS
-from ..engines.net import BACKENDS, EXCHANGES
+from ..engines.net import BACKENDS, EXCHANGES, MAX_NORM_RATIO, distributed_problem
 
 
 @dataclass(frozen=True)
@@ -108,6 +108,8 @@ class Distributed:
     on_peer_loss: str = "stop"  # survivors keep the last checkpoint and exit non-zero
     diagnostics: bool = True  # send rank 0 what consensus / cross-term error need (else null)
     keep_slices: bool = False  # keep every saved round's checkpoint slices (audits, parity)
+    max_norm_ratio: float = MAX_NORM_RATIO  # leave out received rows > k x own median norm; 0 off
+    secret_file: str = ""  # shared secret: HMAC-SHA256 on every payload; "" = off
 
 
 @dataclass(frozen=True)
@@ -203,6 +205,8 @@ def _check(cfg: Config) -> None:
         raise ConfigError("data.source=hf needs data.task=<GLUE task, e.g. sst2 or mnli>")
     if cfg.synthetic.classes < 2:
         raise ConfigError(f"synthetic.classes={cfg.synthetic.classes}: must be >= 2")
+    if problem := distributed_problem(cfg.distributed.max_norm_ratio, cfg.distributed.secret_file):
+        raise ConfigError(problem)
     if cfg.topology.kind == "file" and not cfg.topology.path:
         raise ConfigError("topology.kind=file needs topology.path=<graph file>")
 

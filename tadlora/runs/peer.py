@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ..engines import exchange
+from ..engines import auth, exchange
 from ..engines.distributed import DistributedEngine
 from ..engines.exchange import ProtocolError
 from ..engines.liveness import Liveness, PeerLost, join
@@ -93,7 +93,9 @@ def main(cfg: Config, resume: Path | None = None) -> int:
         return 1
     logging.basicConfig(format=f"[rank {rank}] %(levelname)s %(message)s", level=logging.INFO)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # torchrun stops peers this way
-    net = Net(rank, slices, live, cfg.distributed.mode, cfg.distributed.diagnostics, comm)
+    d = cfg.distributed
+    net = Net(rank, slices, live, d.mode, d.diagnostics, comm, d.max_norm_ratio,
+              auth.secret(d.secret_file))
     run = RunDir(resume) if resume else None
     try:
         run = run or _run_directory(cfg, rank, store)
