@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -21,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.methods import uses_auto_interval
-from ..runs import config, loop
+from ..runs import config, loop, rundir
 from ..runs.config import Config, ConfigError, toml_value
+from ..runs.lock import Lock
 from ..runs.rundir import CONFIG, ERROR_LOG, RESUMABLE_KEYS, RUN_FILES, SUMMARY, RunDir
 from .sweep_file import Sweep, flat, load_sweep
 
@@ -73,32 +73,52 @@ def _status(directory: Path, cfg: Config) -> tuple[str, str]:
     return ("resume", "") if 0 < saved < cfg.run.rounds else ("new", "")
 
 
+def _check_only(sweep: Sweep, only: list[str]) -> None:
+    for spec in only:
+        key, sep, _ = spec.partition("=")
+        if not sep:
+            raise ConfigError(f"--only {spec!r} must look like section.key=value[,value...], "
+                              "e.g. --only run.seed=0,1")
+        if key.strip() not in sweep.axes:
+            raise ConfigError(f"--only {spec!r}: {key.strip()} is not a key the sweep varies; "
+                              f"its keys are {', '.join(sorted(sweep.axes))}")
+
+
 def _selected(cfg: Config, base: Path | None, overrides: list[str], only: list[str]) -> bool:
     """Whether the run matches every `section.key=v1,v2,...` of `only` (one of the values):
     setting the key to that value leaves its config as it is."""
     for spec in only:
-        key, sep, values = spec.partition("=")
-        if not sep:
-            raise ConfigError(f"--only {spec!r} must look like section.key=value[,value...], "
-                              "e.g. --only run.seed=0,1")
+        key, _, values = spec.partition("=")
         if not any(config.load(base, [*overrides, f"{key}={v}"]) == cfg
                    for v in values.split(",")):
             return False
     return True
 
 
-def plan(sweep: Sweep, overrides: list[str] = (), only: list[str] = ()) -> list[Job]:
-    """One Job per run (those matching `only`): its directory, its overrides and what to do
-    with it."""
+def out_dir(sweep: Sweep, overrides: list[str]) -> tuple[Path, list[str]]:
+    """The sweep's out_dir (run.out_dir=DIR moves it) and the other overrides, which may not
+    set run.name or a key the grid varies (the runs' names would then lie)."""
     out, extra = sweep.out_dir, []
     for item in overrides:
-        key = item.partition("=")[0]
-        if key.strip() == "run.name":
+        key = item.partition("=")[0].strip()
+        if key == "run.name":
             raise ConfigError("run.name is set by the sweep for each run")
-        if key.strip() == "run.out_dir":
+        if key in sweep.axes:
+            raise ConfigError(f"override {item!r}: {key} is an axis of the sweep's grid (the "
+                              "runs are named after it); use --only "
+                              f"{key}=VALUE to run a part of it, or change the sweep file")
+        if key == "run.out_dir":
             out = Path(str(config.parse_overrides([item])["run"]["out_dir"]))
         else:
             extra.append(item)
+    return out, extra
+
+
+def plan(sweep: Sweep, overrides: list[str] = (), only: list[str] = ()) -> list[Job]:
+    """One Job per run (those matching `only`): its directory, its overrides and what to do
+    with it."""
+    out, extra = out_dir(sweep, overrides)
+    _check_only(sweep, list(only))
     jobs = []
     for name, ovr in sweep.runs:
         full = [*ovr, *extra, f"run.out_dir={toml_value(str(out))}", f"run.name={toml_value(name)}",
@@ -109,6 +129,8 @@ def plan(sweep: Sweep, overrides: list[str] = (), only: list[str] = ()) -> list[
         action, note = _status(out / name, cfg)
         resume = tuple(f"run.{k}={toml_value(getattr(cfg.run, k))}" for k in RESUMABLE_KEYS)
         jobs.append(Job(name, out / name, full, action, note, resume))
+    if only and not jobs:
+        raise ConfigError(f"--only {' --only '.join(only)} matches no run of the sweep")
     return jobs
 
 
@@ -116,14 +138,16 @@ def plan(sweep: Sweep, overrides: list[str] = (), only: list[str] = ()) -> list[
 
 
 def _clear(directory: Path) -> None:
-    """Remove an unfinished run's files before starting it over (only files a run makes)."""
+    """Remove an unfinished run's files before starting it over (only files a run makes, and
+    not while another process writes them)."""
     if not directory.exists():
         return
     strange = sorted(p.name for p in directory.iterdir() if p.name not in RUN_FILES)
     if strange:
         raise ConfigError(f"{directory} holds files a run does not make ({strange}); "
                           "move them before the sweep starts this run over")
-    shutil.rmtree(directory)
+    with Lock(directory):
+        RunDir(directory).remove_files()
 
 
 def _in_process(job: Job, base: Path | None) -> str | None:
@@ -193,9 +217,11 @@ def run_sweep(sweep: Sweep, jobs: int = 1, overrides: list[str] = (),
     from tqdm import tqdm
 
     todo = plan(sweep, overrides, only)
+    out = out_dir(sweep, overrides)[0]
+    rundir.make_dir(out, "the sweep's out_dir")
     counts = {"total": len(todo), "done": 0, "resumed": 0, "skipped": 0, "failed": 0}
     bar = tqdm(total=len(todo), desc=f"sweep {sweep.name}", unit="run")
-    with bar:
+    with Lock(out, "sweep out_dir"), bar:  # one sweep at a time on an out_dir
         for job in todo:
             if job.action in ("skip", "stale"):
                 counts["skipped" if job.action == "skip" else "failed"] += 1

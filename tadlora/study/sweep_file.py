@@ -58,6 +58,7 @@ class Sweep:
     out_dir: Path
     base: Path | None  # config file the overrides apply to
     runs: list[tuple[str, list[str]]]  # (run name, its "section.key=value" overrides)
+    axes: frozenset[str] = frozenset()  # the keys [grid] and [[include]] set
 
 
 # ------------------------------------------------------------------ the sweep file
@@ -111,8 +112,11 @@ def load_sweep(path: str | Path) -> Sweep:
     bad = [k for k, v in grid.items() if not isinstance(v, list) or not v]
     if bad:
         raise ConfigError(f"sweep file {path}: [grid] values must be non-empty lists: {bad}")
-    settings = expand(flat(raw.get("base", {})), grid,
-                      [flat(t) for t in raw.get("include", [])])
+    includes = [flat(t) for t in raw.get("include", [])]
+    if not grid and not includes:
+        raise ConfigError(f"sweep file {path}: [grid] is empty and there is no [[include]], so "
+                          'there are no runs; give an axis, e.g. "run.seed" = [0, 1, 2]')
+    settings = expand(flat(raw.get("base", {})), grid, includes)
     runs: dict[Config, Settings] = {}
     for s in settings:
         try:
@@ -122,7 +126,8 @@ def load_sweep(path: str | Path) -> Sweep:
     cfgs = sorted(runs, key=lambda c: c.run.seed)  # stable: seed-major, file order within
     names = run_names(cfgs)
     return Sweep(meta["name"], Path(meta.get("out_dir", f"results/{meta['name']}")), base_file,
-                 [(n, overrides_of(runs[c])) for n, c in zip(names, cfgs, strict=True)])
+                 [(n, overrides_of(runs[c])) for n, c in zip(names, cfgs, strict=True)],
+                 frozenset(grid).union(*includes))
 
 
 # ------------------------------------------------------------------ run names

@@ -11,6 +11,7 @@ import pytest
 from tadlora.engines import local
 from tadlora.runs import config, loop
 from tadlora.runs.config import ConfigError
+from tadlora.runs.lock import Lock
 from tadlora.runs.rundir import RunDir
 from tadlora.study import results, sweep
 from tadlora.study.sweep_file import load_sweep
@@ -49,8 +50,34 @@ def test_only_selects_a_piece_of_the_grid(tmp_path, capsys):
     assert "4 runs: 4 new" in capsys.readouterr().out
     with pytest.raises(ConfigError, match="--only 'run.seed' must look like"):
         sweep.plan(s, only=["run.seed"])
-    with pytest.raises(ConfigError, match="unknown config key run.sed"):
+    with pytest.raises(ConfigError, match="run.sed is not a key the sweep varies; its keys "
+                                          "are method.name, method.switch_interval, run.seed"):
         sweep.plan(s, only=["run.sed=1"])
+    with pytest.raises(ConfigError, match="train.lr is not a key the sweep varies"):
+        sweep.plan(s, only=["train.lr=0.005"])  # in [base], not an axis
+    with pytest.raises(ConfigError, match="--only run.seed=7 matches no run"):
+        sweep.plan(s, only=["run.seed=7"])
+    with pytest.raises(ConfigError, match="matches no run"):
+        sweep.plan(s, only=["topology.kind=ring", "topology.p=0.1"])
+
+
+def test_an_override_of_a_grid_axis_is_refused(tmp_path):
+    write(tmp_path / "base.toml", "")
+    s = load_sweep(write(tmp_path / "g.toml", GRID))
+    for key in ("method.name=lora", "run.seed=3", "topology.kind=complete"):  # grid, include
+        with pytest.raises(ConfigError, match=f"{key.split('=')[0]} is an axis of the sweep"):
+            sweep.plan(s, [key])
+    assert len(sweep.plan(s, ["train.lr=1e-3"])) == len(s.runs)
+
+
+def test_two_sweeps_on_one_out_dir_do_not_race(tmp_path):
+    write(tmp_path / "base.toml", "")
+    s = replace(load_sweep(write(tmp_path / "g.toml", GRID)), out_dir=tmp_path / "out")
+    (tmp_path / "out").mkdir()
+    with Lock(tmp_path / "out", "sweep out_dir"), \
+            pytest.raises(ConfigError, match="sweep out_dir .*out is being written by .*pid"):
+        sweep.run_sweep(s, 1, only=["run.seed=0"])
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["writer.lock"]
 
 
 def fake_run_dir(d: Path, cfg: config.Config, saved_round: int | None, finished: bool) -> None:

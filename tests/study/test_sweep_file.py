@@ -62,7 +62,7 @@ def test_grid_expansion_names_and_includes(tmp_path):
 def test_duplicates_dropped_and_bad_sweeps_rejected(tmp_path):
     dup = '[sweep]\nname="d"\n[grid]\n"run.seed"=[0, 1]\n[[include]]\n"run.seed"=1\n'
     assert [n for n, _ in load_sweep(write(tmp_path / "d.toml", dup)).runs] == ["s0", "s1"]
-    one = '[sweep]\nname="o"\n[base]\n"run.seed"=3\n'
+    one = '[sweep]\nname="o"\n[grid]\n"run.seed"=[3]\n'
     assert [n for n, _ in load_sweep(write(tmp_path / "o.toml", one)).runs] == ["run"]
     ring = ('[sweep]\nname="r"\n[grid]\n"topology.p"=[0.5, 0.1]\n'
             '[[include]]\n"topology.kind"="ring"\n')
@@ -98,3 +98,12 @@ def test_precision_rt_is_study_rt_in_fp32():
         assert cfg.train.precision == "fp32"
         bf16 = replace(cfg, train=replace(cfg.train, precision="bf16"))
         assert study[name] == bf16, name
+
+
+def test_an_empty_grid_is_an_error(tmp_path):
+    for text in ('[sweep]\nname = "e"\n', '[sweep]\nname = "e"\n[grid]\n',
+                 '[sweep]\nname = "e"\n[base]\n"run.rounds" = 3\n'):
+        with pytest.raises(ConfigError, match=r"\[grid\] is empty .*no runs"):
+            load_sweep(write(tmp_path / "e.toml", text))
+    only_include = '[sweep]\nname = "e"\n[[include]]\n"run.seed" = [0, 1]\n'
+    assert len(load_sweep(write(tmp_path / "e.toml", only_include)).runs) == 2
