@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..data.text import Encoded, collate, eval_batches
-from . import lora
+from . import lora, packing
 from .precision import autocast
 from .train import groups
 
@@ -68,7 +68,7 @@ def scores(model: nn.Module, val: EvalSet | TensorEvalSet, n_clients: int, preci
             g = group.stop - group.start
             inputs = {k: v.to(device).repeat(g, *([1] * (v.dim() - 1))) for k, v in batch.items()}
             with lora.select(model, group), autocast(device, precision):
-                logits = model(**inputs).logits.float()
+                logits = packing.logits(model, inputs, g).float()
             pred = logits.argmax(-1).view(g, -1)  # (g, batch)
             correct[group] += (pred == labels).sum(1).float().cpu()
             ce = nn.functional.cross_entropy(logits, labels.repeat(g), reduction="none")

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import lora, train
+from . import dropout, lora, train
 from .methods import Joint, phase_name
 
 MakeBatch = Callable[[int, int, slice], dict[str, torch.Tensor]]  # (round, step, clients)
@@ -74,8 +74,9 @@ def mixed_kinds(policy: Joint, t: int) -> frozenset[str]:
 
 
 def dropout_seed(seed: int, t: int, first_client: int) -> int:
-    """Dropout of round t is a pure function of (seed, round, the first client of the forward
-    group's process): the simulator's when first_client is 0."""
+    """The seed of torch's RNG in round t, for dropout layers outside the clients' streams
+    (models that run padded batches: their attention dropout): a pure function of (seed,
+    round, the first client of the process); the simulator's when first_client is 0."""
     return seed * 1_000_003 + t + 7_919 * first_client
 
 
@@ -92,7 +93,8 @@ def prepare_round(fed: Federation, t: int) -> None:
 def local_training(fed: Federation, t: int) -> np.ndarray:
     """Round t's local steps for the clients held; each client's mean training loss."""
     def batch(k: int, clients: slice) -> dict[str, torch.Tensor]:
-        return fed.make_batch(t, k, clients)
+        seeds = dropout.client_seeds(fed.seed, t, k, fed.clients[clients])
+        return {**fed.make_batch(t, k, clients), "dropout_seeds": torch.tensor(seeds)}
 
     return train.local_round(fed.model, fed.optimizer, batch, fed.n_clients, fed.local)
 

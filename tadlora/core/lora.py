@@ -4,7 +4,9 @@ For each adapted linear layer the factors of all n clients live in two tensors
 A: (n, r, d_in) and B: (n, d_out, r). A forward pass runs a *group* of clients at once: the
 batch holds g equal chunks of examples, chunk k belonging to the k-th selected client, so each
 client's gradient lands in its own slice of A.grad / B.grad. The computation per client is
-exactly peft's LoRA: base(x) + (alpha / r) * B @ A @ dropout(x).
+exactly peft's LoRA: base(x) + (alpha / r) * B @ A @ dropout(x). In a packed forward
+(core/packing.py) the rows are real tokens, a different number per client: each client's tokens
+are gathered, padded to the longest client, for the two batched products.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from . import packing
+from .dropout import Dropout
 
 Clients = slice | torch.Tensor  # a contiguous client range, or a 1-d index tensor
 KINDS = ("A", "B", "head")  # the kinds of per-client tensors a model carries
@@ -64,7 +69,7 @@ class LoRALinear(_Stacked):
         super().__init__()
         self.base = base
         self.scale = alpha / r
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = Dropout(dropout) if dropout > 0 else nn.Identity()
         dev, dt = base.weight.device, base.weight.dtype
         self.A = nn.Parameter(init_a.to(dev, dt).expand(n_clients, -1, -1).clone())  # (n, r, d_in)
         self.B = nn.Parameter(torch.zeros(n_clients, base.out_features, r, device=dev, dtype=dt))
@@ -73,8 +78,11 @@ class LoRALinear(_Stacked):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
         a, b = self.A[self.clients], self.B[self.clients]  # (g, r, d_in), (g, d_out, r)
-        h = torch.bmm(self._group(self.dropout(x), a.shape[0]), a.transpose(1, 2))  # (g, m, r)
-        delta = torch.bmm(h, b.transpose(1, 2))  # (g, m, d_out)
+        lay, x = packing.current(), self.dropout(x)
+        rows = lay.to_clients(x.reshape(-1, x.shape[-1])) if lay is not None else self._group(x, a.shape[0])
+        delta = torch.bmm(torch.bmm(rows, a.transpose(1, 2)), b.transpose(1, 2))  # (g, m, d_out)
+        if lay is not None:
+            delta = lay.from_clients(delta)
         return y + self.scale * delta.reshape(y.shape).to(y.dtype)
 
 

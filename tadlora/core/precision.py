@@ -43,6 +43,21 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return PRECISIONS[precision](device)
 
 
+def cast_frozen(model: torch.nn.Module, precision: str) -> int:
+    """For bf16: store the frozen weights and biases of every linear layer in bf16. bf16
+    autocast casts them at every call (and does not cache casts of tensors without grad); the
+    stored copy holds the same values, so results do not change and the casts are gone.
+    Returns how many layers were cast; fp32 leaves the model as it is."""
+    if precision != "bf16":
+        return 0
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)
+              and not any(p.requires_grad for p in m.parameters(recurse=False))]
+    for m in layers:
+        for p in m.parameters(recurse=False):
+            p.data = p.data.to(torch.bfloat16)
+    return len(layers)
+
+
 def autocast(device: torch.device, precision: str) -> torch.autocast:
     """bf16 autocast when precision is bf16 (factors and optimizer stay fp32), else a no-op."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")

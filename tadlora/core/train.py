@@ -15,10 +15,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import lora
+from . import lora, packing
 from .precision import autocast
 
-BatchFn = Callable[[int, slice], dict[str, torch.Tensor]]  # (step, clients) -> collated batch
+# (step, clients) -> collated batch; it may carry "dropout_seeds", one per client (its stream)
+BatchFn = Callable[[int, slice], dict[str, torch.Tensor]]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -113,7 +114,9 @@ def groups(n: int, per_forward: int) -> list[slice]:
 def _group_loss(model: nn.Module, batch: dict[str, torch.Tensor], g: int) -> torch.Tensor:
     """Per-client mean cross-entropy of a batch holding g equal client chunks, shape (g,)."""
     labels = batch.pop("labels")
-    logits = model(**batch).logits.float()
+    seeds = batch.pop("dropout_seeds", None)
+    seeds = None if seeds is None else seeds.tolist()
+    logits = packing.logits(model, batch, g, seeds).float()
     loss = nn.functional.cross_entropy(logits, labels, reduction="none")
     return loss.view(g, -1).mean(1)
 

@@ -13,10 +13,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core import lora, methods, topology, train
+from ..core import lora, methods, packing, topology, train
 from ..core.evaluate import EvalSet, TensorEvalSet
 from ..core.federation import Federation, MakeBatch
-from ..core.precision import resolve_precision
+from ..core.precision import cast_frozen, resolve_precision
 from ..data import partition, sources, synthetic
 from ..data.text import Encoded, TextData, batch_indices, collate, encode
 from .config import Config, ConfigError
@@ -159,6 +159,7 @@ class Task:
     val: EvalSet | TensorEvalSet
     label_counts: list[list[int]]
     label_names: list[str]
+    sample: dict[str, torch.Tensor] | None = None  # a few padded examples: packing's check
 
 
 def text_task(cfg: Config, clients: range) -> Task:
@@ -173,7 +174,16 @@ def text_task(cfg: Config, clients: range) -> Task:
                   max(64, cfg.train.batch_size))
     return Task(model=model, make_batch=batches(cfg, parts, clients, enc, mine, pad_id),
                 val=val, label_counts=partition.label_counts(train_set.labels, parts),
-                label_names=train_set.label_names)
+                label_names=train_set.label_names, sample=_sample(enc, pad_id))
+
+
+def _sample(enc: Encoded, pad_id: int, size: int = 6) -> dict[str, torch.Tensor]:
+    """The longest and shortest training sequences, padded: packing's check (core/packing)."""
+    order = np.argsort([len(ids) for ids in enc.input_ids], kind="stable")
+    idx = np.unique(np.concatenate([order[:size // 2], order[-(size - size // 2):]]))
+    batch = collate(enc, idx, pad_id)
+    batch.pop("labels")
+    return batch
 
 
 def synthetic_task(cfg: Config, clients: range) -> Task:
@@ -205,10 +215,14 @@ def build(cfg: Config, clients: range | None = None) -> Experiment:
     task = (synthetic_task if cfg.data.source == synthetic.NAME else text_task)(cfg, clients)
     dev = device(cfg)
     model = stack_adapters(task.model, cfg, len(clients)).to(dev)
+    if task.sample is not None:
+        packing.prepare(model, {k: v.to(dev) for k, v in task.sample.items()})
+    spec = local_spec(cfg, dev)
+    cast_frozen(model, spec.precision)
     pol, rho = policy(cfg)
     fed = Federation(model=model, optimizer=train.make_optimizer(model, cfg.train.lr,
                                                                  cfg.train.weight_decay),
                      policy=pol, mixing=mixing(cfg), make_batch=task.make_batch,
-                     clients=clients, seed=cfg.run.seed, local=local_spec(cfg, dev))
+                     clients=clients, seed=cfg.run.seed, local=spec)
     return Experiment(cfg=cfg, fed=fed, val=task.val, label_counts=task.label_counts,
                       label_names=task.label_names, rho=rho)

@@ -1,0 +1,134 @@
+"""Dropout with one random stream per client, fast on CPU.
+
+Every dropout of a forward pass (the base model's hidden and attention dropout, LoRA's dropout)
+draws each client's part of its mask from that client's own stream, a numpy Generator seeded by
+(run seed, round, local step, client). A client's masks therefore do not depend on which other
+clients share its forward pass, so `tadlora run` and `tadlora launch` (any grouping) train the
+same models. On CPU the streams are also what makes dropout cheap: torch's CPU bernoulli_ drew
+masks about 6x slower than numpy's PCG64 (16 random bits per element), and it was the largest
+cost of a training step (benchmarks/bench_engine.py).
+
+A mask element keeps its value when its 16 bits are >= round(p * 65536): the drop probability
+is p to within 2**-17, and the kept values are scaled by the exact inverse of the keep rate.
+Without streams (no forward group declared, or outside training) dropout is torch's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["Streams", "Dropout", "apply", "client_seeds", "dropout", "replace_dropouts",
+           "streams", "using"]
+
+BITS = 1 << 16
+
+
+@dataclass
+class Streams:
+    """The random streams of one forward group: one Generator per client, in group order."""
+
+    generators: list[np.random.Generator]
+
+    @classmethod
+    def from_seeds(cls, seeds: Sequence[int]) -> Streams:
+        return cls([np.random.default_rng(int(s)) for s in seeds])
+
+    def mask(self, rows: Sequence[int], width: int, p: float) -> np.ndarray:
+        """Keep-mask (sum(rows), width): client c's `rows[c]` rows from its own stream."""
+        threshold = round(p * BITS)
+        parts = [g.integers(0, BITS, (n, width), dtype=np.uint16)
+                 for g, n in zip(self.generators, rows, strict=True)]
+        return np.concatenate(parts) >= threshold
+
+    def client(self, c: int) -> Streams:
+        """Client c's stream alone (attention draws per client)."""
+        return Streams([self.generators[c]])
+
+    @staticmethod
+    def keep_scale(p: float) -> float:
+        return BITS / (BITS - round(p * BITS))
+
+
+_active: ContextVar[tuple[Streams, Sequence[int]] | None] = ContextVar("tadlora_streams",
+                                                                        default=None)
+
+
+def client_seeds(seed: int, t: int, k: int, clients: Sequence[int]) -> list[int]:
+    """The dropout seed of each client (global ids) at round t, local step k: a pure function,
+    the same in every process and grouping."""
+    return [int(np.random.SeedSequence([seed, t, k, c]).generate_state(1, np.uint64)[0] >> 1)
+            for c in clients]
+
+
+@contextmanager
+def using(streams: Streams | None, rows: Sequence[int] | None = None) -> Iterator[None]:
+    """Dropout in this block draws from `streams`; `rows` is each client's row count in the
+    tensors dropout sees by default (its token count for packed batches)."""
+    token = _active.set(None if streams is None else (streams, list(rows or [])))
+    try:
+        yield
+    finally:
+        _active.reset(token)
+
+
+def streams() -> Streams | None:
+    active = _active.get()
+    return None if active is None else active[0]
+
+
+def _split(n_rows: int, default: Sequence[int], groups: int) -> list[int]:
+    """Each client's share of n_rows: the declared rows (tokens), or an equal split (examples,
+    padded token blocks)."""
+    if sum(default) == n_rows:
+        return list(default)
+    if n_rows % groups:
+        raise ValueError(f"dropout on {n_rows} rows cannot split into {groups} clients")
+    return [n_rows // groups] * groups
+
+
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Inverted dropout; per-client streams when some are active, else torch's."""
+    active = _active.get()
+    if not training or p == 0:
+        return x
+    if active is None:
+        return nn.functional.dropout(x, p, True)
+    st, declared = active
+    n_rows = x.numel() // x.shape[-1]
+    return apply(x, st, _split(n_rows, declared, len(st.generators)), p)
+
+
+def apply(x: torch.Tensor, st: Streams, rows: Sequence[int], p: float) -> torch.Tensor:
+    """x with the streams' dropout mask (client c's rows[c] rows from its stream) applied."""
+    keep = torch.from_numpy(st.mask(rows, x.shape[-1], p).view(np.uint8)).to(x.device)
+    return (x * keep.view(x.shape)).mul_(st.keep_scale(p))
+
+
+class Dropout(nn.Module):
+    """nn.Dropout that draws from the active per-client streams."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def replace_dropouts(model: nn.Module) -> int:
+    """Swap every nn.Dropout of `model` for a streams Dropout of the same p; returns how many."""
+    found = [(n, m) for n, m in model.named_modules() if type(m) is nn.Dropout]
+    for name, m in found:
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, Dropout(m.p))
+    return len(found)
