@@ -63,6 +63,7 @@ log = logging.getLogger("tadlora.distributed")
 
 def run_round(fed: Federation, net: Net, t: int) -> dict | None:
     """One round on this peer; rank 0 returns the round's record, the others None."""
+    net.live.at(t)
     prepare_round(fed, t)
     t0 = time.perf_counter()
     losses = local_training(fed, t)

@@ -1,7 +1,7 @@
 """Fault injection for tests of the distributed engine: TADLORA_FAULT="kind:rank:round,..."
 with kind nan (a NaN in what the rank sends), big (what it sends times 1e6), shape (a payload
-one column too wide), kill (SIGKILL before the exchange) or hang (SIGSTOP before the
-exchange)."""
+one column too wide), kill (SIGKILL before the exchange), hang (SIGSTOP before the exchange)
+or raise (an exception with 100 lines of C++-like frames, before the exchange)."""
 
 from __future__ import annotations
 
@@ -31,6 +31,9 @@ def wire(buf: torch.Tensor, rank: int, t: int) -> torch.Tensor:
 
 
 def maybe_die(rank: int, t: int) -> None:
+    if _fault("raise", rank, t):  # an error whose message drags C++ frames along, as torch's do
+        raise RuntimeError("injected failure\n" + "".join(
+            f"frame #{i}: 0x{i:012x} in c10::something() from libtorch.so\n" for i in range(100)))
     if _fault("kill", rank, t):
         os.kill(os.getpid(), signal.SIGKILL)
     if _fault("hang", rank, t):

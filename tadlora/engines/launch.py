@@ -4,6 +4,8 @@ The launcher hosts the rendezvous store (as torchrun's agent does), so the store
 peer, and it is the first to see a peer exit: it writes the exit into the store at once, so the
 surviving peers name the lost one immediately instead of after the heartbeat timeout. Peers
 that are still running once the others are gone (a frozen peer) are killed after the timeout.
+On a failure, the first problem it reports is one line naming the peer that failed first, its
+round and its error; every peer's full output is in RUN_DIR/logs/rank-K.log (peer_output.py).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -19,7 +22,8 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from .liveness import AGENT_STORE_ENV
+from .liveness import AGENT_STORE_ENV, ROUND_KEY
+from .peer_output import Ending, Forwarder, cause, describe, keep_logs, summary
 
 POLL = 0.1  # seconds between looks at the peer processes
 GRACE = 2.0  # extra seconds for survivors to write their checkpoint and exit
@@ -32,13 +36,6 @@ class Outcome:
     problems: list[str] = field(default_factory=list)
 
 
-def describe(code: int) -> str:
-    if code < 0:
-        return f"was killed by {signal.Signals(-code).name}"
-    return {3: "stopped after losing a peer", 130: "was interrupted"}.get(
-        code, f"exited with code {code}")
-
-
 def peer_env(rank: int, world: int, port: int) -> dict[str, str]:
     env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
                LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
@@ -48,18 +45,33 @@ def peer_env(rank: int, world: int, port: int) -> dict[str, str]:
     return env
 
 
+def _read(store: dist.Store, key: str) -> str | None:
+    try:
+        return store.get(key).decode(errors="replace") if store.check([key]) else None
+    except Exception:  # best effort: the summary then says less
+        return None
+
+
+def _ending(store: dist.Store, k: int, code: int, killed: bool = False) -> Ending:
+    """Peer k's exit, with what it announced and the round it was in (read from the store)."""
+    t = _read(store, f"{ROUND_KEY}/{k}")
+    return Ending(k, code, _read(store, f"exit/{k}"), int(t) if t else None, killed)
+
+
 def _watch(procs: list[subprocess.Popen], store: dist.Store, timeout: float
-           ) -> tuple[list[int], list[str]]:
+           ) -> tuple[list[int], list[str], list[Ending]]:
     """Wait for every peer, publishing each exit at once. After a failure, peers still running
     `timeout` later, or left alone for GRACE seconds, are frozen: they are killed."""
     codes: list[int | None] = [None] * len(procs)
     failed_at = last_exit = None
     problems: list[str] = []
+    endings: list[Ending] = []
     while any(c is None for c in codes):
         for k, p in enumerate(procs):
             if codes[k] is None and p.poll() is not None:
                 codes[k], last_exit = p.returncode, time.monotonic()
                 if p.returncode != 0:
+                    endings.append(_ending(store, k, p.returncode))
                     store.set(f"exit/{k}", describe(p.returncode))
                     failed_at = failed_at or last_exit
                     problems.append(f"rank {k} {describe(p.returncode)}")
@@ -71,9 +83,10 @@ def _watch(procs: list[subprocess.Popen], store: dist.Store, timeout: float
             for k in running:
                 procs[k].kill()
                 codes[k] = procs[k].wait()
+                endings.append(_ending(store, k, codes[k], killed=True))
                 problems.append(f"rank {k} did not stop on its own (frozen?) and was killed")
         time.sleep(POLL)
-    return [c or 0 for c in codes], problems
+    return [c or 0 for c in codes], problems, endings
 
 
 def launch(peers: int, args: list[str], timeout: float, out_dir: str | Path,
@@ -86,9 +99,12 @@ def launch(peers: int, args: list[str], timeout: float, out_dir: str | Path,
     ours = dist.PrefixStore("tadlora/0", store)
     cmd = [sys.executable, "-m", "tadlora.cli", "peer",
            *(["--resume", str(resume)] if resume else []), *args]
-    procs = [subprocess.Popen(cmd, env=peer_env(k, peers, store.port)) for k in range(peers)]
+    logs = Path(tempfile.mkdtemp(prefix="tadlora-launch-"))
+    procs = [subprocess.Popen(cmd, env=peer_env(k, peers, store.port), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT) for k in range(peers)]
+    copies = [Forwarder(k, p.stdout, logs / f"rank-{k}.log") for k, p in enumerate(procs)]
     try:
-        codes, problems = _watch(procs, ours, timeout)
+        codes, problems, endings = _watch(procs, ours, timeout)
     except KeyboardInterrupt:
         for p in procs:
             p.send_signal(signal.SIGINT)
@@ -101,5 +117,14 @@ def launch(peers: int, args: list[str], timeout: float, out_dir: str | Path,
     directory = resume
     if directory is None and ours.check(["run_name"]) and ours.get("run_name"):
         directory = Path(out_dir) / ours.get("run_name").decode()
+    for c in copies:
+        c.join()
+    where = keep_logs(logs, directory)
+    first = cause(endings)
+    if first is not None:
+        sys.stderr.write(Forwarder.new_line())  # end a progress bar left open
+        plain = f"rank {first.rank} {describe(first.code)}"  # said better by the summary
+        problems = [summary(first), *(p for p in problems if p != plain),
+                    f"every peer's full output: {where}/rank-K.log"]
     lost = any(c == 3 or c < 0 for c in codes)
     return Outcome(3 if lost else max(codes), directory, problems)

@@ -25,6 +25,7 @@ STARTUP = 120.0  # seconds a peer may take to start beating at all (imports, a l
 # distributed.on_peer_loss: what the survivors do. stop: keep every finished round in the
 # checkpoint and exit (code 3), naming the lost rank
 ON_PEER_LOSS = ("stop",)
+ROUND_KEY = "round"  # round/K: the round rank K is in (Liveness.at)
 
 
 class PeerLost(RuntimeError):
@@ -59,6 +60,10 @@ class Liveness:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def at(self, t: int) -> None:
+        """Note in the store the round this peer is in (the launcher names it on a failure)."""
+        self.store.set(f"{ROUND_KEY}/{self.rank}", str(t))
 
     def announce_exit(self, why: str) -> None:
         """Tell the others (best effort) why this peer leaves, so they need not time out."""

@@ -90,7 +90,7 @@ def test_killed_peer_is_named_and_the_run_resumes_to_the_same_result(nodrop_mode
     argv = args(nodrop_model_dir, tmp_path, "k", "method.name=lora")
     rc, _, err = tadlora("launch", "--peers", "2", *argv, env={"TADLORA_FAULT": "kill:1:2"})
     assert rc == 3
-    assert "lost rank 1: was killed by SIGKILL" in err
+    assert "tadlora launch: rank 1 (round 2): was killed by SIGKILL" in err
     assert "--resume" in err
     d = tmp_path / "k"
     assert [r["round"] for r in records(d)] == [0, 1]  # no finished round lost

@@ -1,6 +1,7 @@
 """Poisoned and unauthenticated payloads, through real exchanges: three gloo processes on
 127.0.0.1 (no model), each running all_gather, p2p and gather-to-rank-0 on known rows. Rank 2
-is the bad peer: its rows are finite but 1e4 times too large, or it does not know the secret."""
+is the bad peer: its rows are finite but 1e4 times too large, or it does not know the secret.
+And one `tadlora launch` run with a secret and a poisoned round."""
 
 import socket
 
@@ -14,6 +15,7 @@ from tadlora.engines import auth, exchange
 from tadlora.engines.exchange import Stamp
 from tadlora.engines.robust_mixing import MAX_NORM_RATIO, mix_held, outliers
 from tadlora.runs import config
+from tests.engines.peers import args, records, slices_of_round, tadlora
 
 WORLD, N, WIDTH = 3, 6, 5
 SLICES = exchange.client_slices(N, WORLD)
@@ -145,3 +147,26 @@ def test_secret_file_and_norm_ratio_are_checked_at_load(tmp_path):
         with pytest.raises(config.ConfigError, match="distributed.max_norm_ratio"):
             config.load(None, [f"distributed.max_norm_ratio={bad}"])
     assert config.load(None, ["distributed.max_norm_ratio=0"]).distributed.max_norm_ratio == 0
+
+
+def test_a_run_with_a_secret_leaves_out_a_poisoned_round(nodrop_model_dir, tmp_path):
+    """`tadlora launch` with distributed.secret_file: every payload is tagged and verifies (no
+    exclusion, 32 bytes more per payload); rank 1's payload of round 1, 1e6 x too large, is
+    left out by rank 0 with a warning and a record, and rank 0's clients stay where honest
+    mixing puts them."""
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret\n")
+    argv = args(nodrop_model_dir, tmp_path, "p", "method.name=lora", "run.rounds=3",
+                f"distributed.secret_file={secret}", "distributed.keep_slices=true")
+    rc, _, err = tadlora("launch", "--peers", "2", *argv, env={"TADLORA_FAULT": "big:1:1"})
+    assert rc == 0, err
+    assert "round 1: client 4 left out of the mixing: norm" in err
+    rows = records(tmp_path / "p")
+    assert "excluded" not in rows[0] and "excluded" not in rows[2]  # honest rows pass
+    assert rows[1]["excluded"] == {str(c): [0] for c in range(4, 8)}
+    assert rows[1]["excluded_reason"] == {str(c): ["norm"] for c in range(4, 8)}
+    for r in rows:  # header, 4 rows, tag: to the one other peer
+        row = r["bytes_sent"][0]
+        assert r["peer_bytes_sent"] == [exchange.HEADER_BYTES + 4 * row + auth.TAG_BYTES] * 2
+    after = slices_of_round(tmp_path / "p", 2)
+    assert all(v.abs().max() < 100 for v in after.values())
