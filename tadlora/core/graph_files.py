@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 Edge = tuple[int, int, str]  # (i, j, where in the file)
+MAX_NODES = 10_000  # a dense n x n adjacency; more would exhaust memory
+MAX_BYTES = 64 << 20  # the largest graph file read (a complete graph of 2000 nodes is ~20 MB)
 
 
 def from_file(path: str | Path | None) -> np.ndarray:
@@ -20,13 +23,22 @@ def from_file(path: str | Path | None) -> np.ndarray:
     In both formats n is optional and defaults to 1 + the largest index (give it to have isolated
     nodes at the end). Edges are undirected; duplicates (also "j i" after "i j") are merged.
     Raises ValueError naming the file, the line (or edge) and what to fix on a missing file,
-    a malformed line, a self-loop or an index out of range.
+    a malformed line, a self-loop, an index out of range, a file that is not UTF-8 text, more
+    than MAX_NODES nodes or more than MAX_BYTES bytes. A file that lists some edges in both
+    directions and others in one only (a directed graph?) gets a warning: all are undirected.
     """
     if path is None:
         raise ValueError("graph kind 'file' needs a path to a graph file")
     if not Path(path).is_file():
         raise ValueError(f"graph file {path} does not exist (or is not a file)")
-    text = Path(path).read_text(encoding="utf-8")
+    if Path(path).stat().st_size > MAX_BYTES:
+        raise ValueError(f"graph file {path} has {Path(path).stat().st_size} bytes, more than "
+                         f"the {MAX_BYTES} a graph of at most {MAX_NODES} nodes needs")
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"graph file {path} is not UTF-8 text ({e.reason}); write it as plain "
+                         "text (edge list) or JSON") from e
     parse = _parse_json if text.lstrip().startswith("{") else _parse_edge_list
     n, edges = parse(text, str(path))
     return _edges_to_adjacency(edges, n, str(path))
@@ -82,8 +94,10 @@ def _edges_to_adjacency(edges: list[Edge], n: int | None, path: str) -> np.ndarr
         if not edges:
             raise ValueError(f"graph file {path}: no edges and no n given; cannot tell the size")
         n = 1 + max(max(i, j) for i, j, _ in edges)
-    if n < 1:
-        raise ValueError(f"graph file {path}: n must be >= 1, got {n}")
+    if not 1 <= n <= MAX_NODES:
+        raise ValueError(f"graph file {path}: n = {n}; graph files hold 1 to {MAX_NODES} nodes "
+                         "(the node count is n or 1 + the largest index)")
+    _warn_one_directional(edges, path)
     adj = np.zeros((n, n), dtype=bool)
     for i, j, where in edges:
         if i == j:
@@ -95,6 +109,17 @@ def _edges_to_adjacency(edges: list[Edge], n: int | None, path: str) -> np.ndarr
             )
         adj[i, j] = adj[j, i] = True  # duplicates merge here
     return adj
+
+
+def _warn_one_directional(edges: list[Edge], path: str) -> None:
+    """Both directions for some edges but one for others: likely a directed graph."""
+    pairs = {(i, j) for i, j, _ in edges}
+    one_way = [(i, j) for i, j in pairs if (j, i) not in pairs]
+    if one_way and len(one_way) < len(pairs):
+        warnings.warn(f"graph file {path}: {len(one_way)} edge(s) are listed in one direction "
+                      f"only (e.g. {min(one_way)}) while others are listed both ways; the graph "
+                      "is undirected, so every edge connects both ways", UserWarning,
+                      stacklevel=3)
 
 
 def _is_int(value: object) -> bool:

@@ -53,6 +53,15 @@ def _read_table(path: Path) -> list[Record]:
     return [(line_no, dict(zip(header, fields, strict=True))) for line_no, fields in rows[1:]]
 
 
+def _read(path: Path) -> list[Record]:
+    """The records of one data file; bytes that are not UTF-8 are an error naming the file."""
+    try:
+        return _read_jsonl(path) if path.suffix == ".jsonl" else _read_table(path)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text ({e.reason}); convert it, e.g. "
+                         f"iconv -f latin1 -t utf-8 {path.name}") from e
+
+
 def _int_like(label: Any) -> int | None:
     """An int label is a JSON integer or a string of decimal digits (as read from CSV/TSV)."""
     if isinstance(label, int) and not isinstance(label, bool):
@@ -68,7 +77,7 @@ def _infer_label_names(records: list[Record]) -> list[str]:
     return sorted({str(x) for x in raw if isinstance(x, str | int) and not isinstance(x, bool)})
 
 
-def _label_id(label: Any, names: list[str], where: str) -> int:
+def _label_id(label: Any, names: list[str], where: str, origin: str) -> int:
     if isinstance(label, bool) or not isinstance(label, str | int):
         raise ValueError(f"{where}: label must be a string or an integer, got {label!r}")
     if isinstance(label, str) and label in names:
@@ -76,7 +85,10 @@ def _label_id(label: Any, names: list[str], where: str) -> int:
     as_int = _int_like(label)
     if as_int is not None and 0 <= as_int < len(names):
         return as_int
-    raise ValueError(f"{where}: label {label!r} not in the label list {names} (labels.json)")
+    if str(label) in names:  # e.g. -1 among inferred string names
+        return names.index(str(label))
+    raise ValueError(f"{where}: label {label!r} is not in the label set {names[:20]} "
+                     f"({origin}); fix the row or add the label to labels.json")
 
 
 def _text(row: dict[str, Any], key: str, where: str) -> str:
@@ -87,7 +99,8 @@ def _text(row: dict[str, Any], key: str, where: str) -> str:
     return row[key]
 
 
-def _records_to_data(records: list[Record], path: Path, names: list[str]) -> TextData:
+def _records_to_data(records: list[Record], path: Path, names: list[str],
+                     origin: str) -> TextData:
     if not records:
         raise ValueError(f"{path}: no examples")
     pairs = "text_b" in records[0][1]  # a pair file uses text_b on every row, no mixing
@@ -100,7 +113,7 @@ def _records_to_data(records: list[Record], path: Path, names: list[str]) -> Tex
             raise ValueError(f"{where}: missing field 'label'")
         text_a.append(_text(row, "text_a", where))
         text_b.append(_text(row, "text_b", where) if pairs else "")
-        labels.append(_label_id(row["label"], names, where))
+        labels.append(_label_id(row["label"], names, where, origin))
     return TextData(text_a, text_b if pairs else None, np.asarray(labels, np.int64), names)
 
 
@@ -108,7 +121,10 @@ def _label_names(directory: Path) -> list[str] | None:
     file = directory / "labels.json"
     if not file.is_file():
         return None
-    names = json.loads(file.read_text(encoding="utf-8"))
+    try:
+        names = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{file}: not a UTF-8 JSON list of label names ({e})") from e
     if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
         raise ValueError(f"{file}: expected a non-empty JSON list of label strings")
     return names
@@ -135,9 +151,12 @@ def load_files(path: str | None, task: str | None, val_size: int,
         if file is None:
             raise FileNotFoundError(f"{directory}: no {stem}.jsonl, {stem}.csv or {stem}.tsv")
         files.append(file)
-    records = [_read_jsonl(f) if f.suffix == ".jsonl" else _read_table(f) for f in files]
-    names = _label_names(directory) or _infer_label_names(records[0] + records[1])
-    train, val = (_records_to_data(r, f, names) for r, f in zip(records, files, strict=True))
+    records = [_read(f) for f in files]
+    given = _label_names(directory)
+    names = given or _infer_label_names(records[0] + records[1])
+    origin = f"{directory / 'labels.json'}" if given else "inferred from train and validation"
+    train, val = (_records_to_data(r, f, names, origin)
+                  for r, f in zip(records, files, strict=True))
     if (train.text_b is None) != (val.text_b is None):
         raise ValueError(f"{directory}: train and validation disagree on having text_b")
     return train, val

@@ -27,6 +27,10 @@ from .text import TextData
 SPLIT_SEED = 0  # validation split of single-file corpora; deliberately not the run seed
 
 
+class SourceError(ValueError):
+    """A data source that cannot be used as configured; the message says how to fix it."""
+
+
 def _open_text(path: Path, errors: str) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"data file not found: {path}")
@@ -36,7 +40,10 @@ def _open_text(path: Path, errors: str) -> Any:
 
 def _fixed_split(data: TextData, val_size: int) -> tuple[TextData, TextData]:
     if not 0 < val_size < len(data):
-        raise ValueError(f"val_size must be in [1, {len(data) - 1}], got {val_size}")
+        zero = (" (0 = all is for sources with a validation file, files and hf; this corpus "
+                "has one file, split here into train and validation)") if val_size == 0 else ""
+        raise SourceError(f"data.val_size={val_size}: must be in [1, {len(data) - 1}] for a "
+                          f"single-file corpus{zero}")
     perm = np.random.default_rng(SPLIT_SEED).permutation(len(data))
     return data.subset(np.sort(perm[val_size:])), data.subset(np.sort(perm[:val_size]))
 
@@ -61,6 +68,13 @@ class _Corpus:
         return Path(list(spec.submodule_search_locations)[0]) / self.relative
 
     def read(self, path: Path) -> TextData:
+        try:
+            return self._read(path)
+        except UnicodeDecodeError as e:
+            raise SourceError(f"{path} is not UTF-8 text ({e.reason}); convert the file to "
+                              "UTF-8") from e
+
+    def _read(self, path: Path) -> TextData:
         texts, labels = [], []
         with _open_text(path, self.errors) as f:
             reader = csv.DictReader(f)
@@ -106,12 +120,13 @@ def _load_hf(path: str | None, task: str | None, val_size: int,
     try:
         datasets = importlib.import_module("datasets")
     except ImportError as e:
-        raise RuntimeError("source 'hf' needs the `datasets` library: pip install datasets "
-                           "(or pip install 'tadlora[hf]')") from e
+        raise SourceError("data.source=hf needs the `datasets` library, which is not installed: "
+                          ".venv/bin/python -m pip install -c constraints.txt -e '.[hf]' (or use "
+                          "data.source=files with a local copy)") from e
     try:
         splits = datasets.load_dataset("glue", task)
     except Exception as e:  # network errors differ by hub client version (requests / httpx)
-        raise RuntimeError(
+        raise SourceError(
             f"could not load GLUE {task!r} from the Hugging Face hub ({type(e).__name__}: {e}). "
             "If the hub could not be reached (offline machine), use data.source=files with a "
             f"local directory, e.g. data.path=../shared/data/glue-lite/{task}") from e

