@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 from . import __version__
-from .runs import loop
+from .runs import health, loop
 from .runs.checkpoint import CheckpointError
 from .runs.config import Config, ConfigError, load
 from .runs.rundir import SUMMARY, RunDir, resumable_config
@@ -68,6 +69,7 @@ def cmd_launch(ns: argparse.Namespace) -> int:
 
     cfg = _peer_config(ns)
     client_slices(cfg.clients.n, ns.peers)  # fails early when there are too few clients
+    health.check_device(cfg)
     out = launch(ns.peers, ns.args, cfg.distributed.timeout_s, cfg.run.out_dir,
                  Path(ns.resume) if ns.resume else None)
     for problem in out.problems:
@@ -149,11 +151,17 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as one line, without the code location (it is meant for the user)."""
+    print(f"tadlora: warning: {message}", file=file or sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     ns = parser().parse_args(argv)
+    warnings.showwarning = _show_warning
     try:
         code = ns.func(ns)
-    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, CheckpointError, OSError, ValueError) as e:
         print(f"tadlora: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -16,6 +16,11 @@ def export(run_dir: str | Path, client: int, out: str | Path) -> tuple[Path, int
     """Write client `client`'s adapter (and head) from the run's checkpoint in peft's format;
     returns the folder and the rounds the checkpoint holds."""
     run = RunDir(Path(run_dir))
+    if not run.config.is_file():
+        raise ConfigError(f"{run.path} is not a run directory (no {run.config.name})")
+    if Path(out).exists() and not Path(out).is_dir():
+        raise ConfigError(f"--out {out} is an existing file; give a directory (new, or an "
+                          "adapter folder to overwrite)")
     cfg = load(run.config)
     if not 0 <= client < cfg.clients.n:
         raise ConfigError(f"--client {client}: the run has clients 0..{cfg.clients.n - 1}")

@@ -15,7 +15,7 @@ import warnings
 import torch
 
 from ..core import lora, methods
-from .config import Config
+from .config import Config, ConfigError
 
 DIVERGED = 3.0  # loss / first-round loss that counts as divergence
 
@@ -30,6 +30,15 @@ class NonFiniteError(ValueError):
 
 def warn(message: str) -> None:
     warnings.warn(message, RunWarning, stacklevel=2)
+
+
+def check_device(cfg: Config) -> None:
+    """train.device names a torch device (cpu, cuda, cuda:1, mps, ...)."""
+    try:
+        torch.device(cfg.train.device)
+    except RuntimeError as e:
+        raise ConfigError(f"train.device={cfg.train.device!r} is not a torch device ({e}); "
+                          "use cpu, cuda or cuda:<index>") from e
 
 
 def uses_interval(method: str) -> bool:

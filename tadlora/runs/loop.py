@@ -205,6 +205,7 @@ def execute(engine: Engine, exp: Experiment, run: RunDir, resume: bool) -> dict 
 
 def run(cfg: Config) -> tuple[Path, dict]:
     """A new run from scratch, every client in this process; (run directory, summary)."""
+    health.check_device(cfg)
     run_dir = RunDir.create(cfg)
     try:
         try:
@@ -221,6 +222,7 @@ def resume(directory: str | Path, overrides: list[str] = ()) -> tuple[Path, dict
     """Continue an interrupted run from its last checkpoint (run.* keys may be changed, e.g.
     run.rounds to extend it); ends with the same metrics as an uninterrupted run."""
     cfg = resumable_config(directory, overrides)
+    health.check_device(cfg)
     run_dir = RunDir.open(Path(directory))
     try:
         exp = build(cfg)
