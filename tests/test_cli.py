@@ -1,6 +1,9 @@
 """The command line: printing, exit codes and clean errors (the work is tested with the
 library modules it calls)."""
 
+import os
+import time
+
 from tadlora import cli
 from tests.conftest import tiny_run_args
 from tests.core.test_graph_files import _write
@@ -36,3 +39,71 @@ def test_cli_topology_auto_interval(tmp_path, capsys):
 def test_launch_refuses_more_peers_than_clients(tmp_path, capsys):
     assert cli.main(["launch", "--peers", "5", "clients.n=4", f"run.out_dir={tmp_path}"]) == 2
     assert "every peer needs at least one client" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ messages (issue 17)
+
+
+def error_of(capsys, *argv) -> str:
+    """Run the command line; it must end with status 2 and a one-line message, no traceback."""
+    assert cli.main(list(argv)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tadlora: error: ") and "Traceback" not in err
+    return err
+
+
+def test_model_files_that_are_corrupt_or_missing_are_named(tiny_model_dir, tmp_path, capsys):
+    import shutil
+
+    bad = tmp_path / "bad-model"
+    shutil.copytree(tiny_model_dir, bad)
+    weights = next(bad.glob("*.safetensors"))
+    weights.write_bytes(os.urandom(4096))
+    err = error_of(capsys, "run", *tiny_run_args(bad, tmp_path / "out", "m"))
+    assert "the model files in" in err and "corrupt" in err
+    assert not (tmp_path / "out" / "m").exists()  # a start-up failure leaves nothing
+    t0 = time.time()
+    err = error_of(capsys, "run", *tiny_run_args(tmp_path / "nope", tmp_path / "out", "m"))
+    assert "does not exist" in err and time.time() - t0 < 20  # no minute of hub retries
+
+
+def test_unknown_device_out_dir_through_a_file_and_one_class(tmp_path, capsys):
+    err = error_of(capsys, "run", "train.device=gpu", f"run.out_dir={tmp_path}")
+    assert "train.device='gpu' is not a torch device" in err
+    (tmp_path / "file").write_text("")
+    err = error_of(capsys, "run", f"run.out_dir={tmp_path / 'file' / 'runs'}", "run.name=r")
+    assert "run.out_dir: cannot create the directory" in err
+    data = tmp_path / "one"
+    data.mkdir()
+    for split in ("train", "validation"):
+        (data / f"{split}.csv").write_text("text_a,label\na,pos\nb,pos\n")
+    err = error_of(capsys, "run", "data.source=files", f"data.path={data}",
+                   f"run.out_dir={tmp_path / 'o'}", "run.name=r", "clients.n=2")
+    assert "one class only ('pos')" in err
+
+
+def test_export_refuses_an_existing_file_and_names_a_malformed_state_json(tmp_path, capsys):
+    import json
+
+    from tadlora.runs import config
+    from tadlora.runs.rundir import RunDir
+
+    run = RunDir.create(config.load(None, [f"run.out_dir={tmp_path}", "run.name=r"]))
+    run.unlock()
+    run.checkpoint.mkdir()
+    (run.checkpoint / "state.json").write_text(json.dumps(["not", "a", "dict"]))
+    (tmp_path / "taken").write_text("")
+    err = error_of(capsys, "export", str(run.path), "--client", "0", "--out",
+                   str(tmp_path / "taken"))
+    assert "is an existing file; give a directory" in err
+    err = error_of(capsys, "export", str(run.path), "--client", "0", "--out",
+                   str(tmp_path / "adapter"))
+    assert "state.json is malformed" in err
+
+
+def test_warnings_are_one_line_for_the_user(tmp_path, capsys):
+    assert cli.main(["run", "data.source=synthetic", "clients.n=1", "run.rounds=1",
+                     "run.progress=false", "synthetic.val_per_client=20",
+                     "data.examples_per_client=16", f"run.out_dir={tmp_path}", "run.name=one"]) == 0
+    err = capsys.readouterr().err
+    assert "tadlora: warning: clients.n=1: one client has no peers" in err

