@@ -49,7 +49,8 @@ class Layout:
     gather: torch.Tensor  # (g * t_max,) token of each client-padded slot (pads repeat a token)
     scatter: torch.Tensor  # (T,) slot of each token in the client-padded block
     t_max: int
-    blocks: list[Block]  # per client: its sequences padded to its longest, for attention
+    blocks: list[Block]  # per client: its sequences padded to its longest (dropout's blocks)
+    whole: Block  # every sequence padded to the longest: attention without dropout
 
     @property
     def tokens(self) -> list[int]:
@@ -65,7 +66,8 @@ class Layout:
 
     def to(self, device: torch.device) -> Layout:
         moved = {k: v.to(device) for k, v in vars(self).items() if isinstance(v, torch.Tensor)}
-        return Layout(**{**vars(self), **moved, "blocks": [b.to(device) for b in self.blocks]})
+        return Layout(**{**vars(self), **moved, "blocks": [b.to(device) for b in self.blocks],
+                         "whole": self.whole.to(device)})
 
 
 @dataclass
@@ -116,7 +118,8 @@ def layout(lengths: torch.Tensor, groups: int) -> Layout:
     gather = torch.cat([torch.clamp(slot, max=n - 1) + s for s, n in zip(token_starts, counts)])
     scatter = torch.cat([torch.arange(n) + c * t_max for c, n in enumerate(counts)])
     return Layout(lengths, starts, groups, token_starts, gather, scatter, t_max,
-                  [Block.of(lengths[c * b:(c + 1) * b]) for c in range(groups)])
+                  [Block.of(lengths[c * b:(c + 1) * b]) for c in range(groups)],
+                  Block.of(lengths))
 
 
 _current: ContextVar[Layout | None] = ContextVar("tadlora_layout", default=None)
@@ -138,8 +141,9 @@ def packed(lay: Layout) -> Iterator[Layout]:
 
 def _client_attention(q, k, v, block: Block, st: dropout.Streams | None, p: float,
                       scale: float | None) -> torch.Tensor:
-    """Attention of one client's sequences: q, k, v are its tokens (H, t, dh). With streams,
-    dropout draws the client's mask (b, H, L_c, L_c) from its own stream."""
+    """Attention of a block of sequences: q, k, v are their tokens (H, t, dh). With streams
+    (one client's), dropout draws the client's mask (b, H, L_c, L_c) from its stream; without,
+    dropout is SDPA's own (torch's RNG)."""
     q, k, v = block.pad(q), block.pad(k), block.pad(v)  # (b, H, L, dh)
     if p > 0 and st is not None:
         scale = scale if scale is not None else q.shape[-1] ** -0.5
@@ -161,9 +165,12 @@ def attention(module, query, key, value, attention_mask, dropout=0.0, scaling=No
         return sdpa_attention_forward(module, query, key, value, attention_mask,
                                       dropout=dropout, scaling=scaling, **kwargs)
     st = _streams()
+    if dropout == 0 or st is None:  # no masks to draw per client: one batched attention
+        out = _client_attention(query[0], key[0], value[0], lay.whole, None, dropout, scaling)
+        return out.transpose(0, 1).unsqueeze(0), None
     parts = zip(*(x[0].split(lay.tokens, 1) for x in (query, key, value)), strict=True)
-    out = torch.cat([_client_attention(q, k, v, lay.blocks[c], st and st.client(c), dropout,
-                                       scaling) for c, (q, k, v) in enumerate(parts)], 1)
+    out = torch.cat([_client_attention(q, k, v, lay.blocks[c], st.client(c), dropout, scaling)
+                     for c, (q, k, v) in enumerate(parts)], 1)
     return out.transpose(0, 1).unsqueeze(0), None  # (H, T, dh) -> (1, T, H, dh)
 
 

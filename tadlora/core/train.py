@@ -53,10 +53,11 @@ def set_trainable(model: nn.Module, kinds: Iterable[str]) -> list[nn.Parameter]:
 
 
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """One AdamW over every per-client tensor. A frozen factor has grad None and is skipped, so
-    neither its moments nor its weight decay move while it is frozen."""
+    """One AdamW over every per-client tensor (torch's fused kernel: one pass over each tensor
+    instead of a dozen). A frozen factor has grad None and is skipped, so neither its moments
+    nor its weight decay move while it is frozen."""
     params = [p for ps in lora.factors(model).values() for p in ps.values()]
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
 
 
 def reset_state(optimizer: torch.optim.Optimizer, params: Iterable[nn.Parameter]) -> None:

@@ -48,3 +48,33 @@ def test_a_run_on_a_graph_file(tiny_model_dir, tmp_path):
     by_itself = load_file(str(alone / "checkpoint" / "adapters.safetensors"))
     assert all(torch.equal(tensors[k][3], v[3]) for k, v in by_itself.items())
     assert not all(torch.equal(tensors[k][0], v[0]) for k, v in by_itself.items())
+
+
+def _trained_state(model_dir, tmp_path, *extra):
+    from tadlora.core import federation, lora
+    from tadlora.runs.build import build
+
+    cfg = config.load(None, tiny_run_args(model_dir, tmp_path, "g", "model.lora_dropout=0.1",
+                                          "train.precision=fp32", *extra))
+    exp = build(cfg)
+    for t in range(2):
+        federation.prepare_round(exp.fed, t)
+        federation.local_training(exp.fed, t)
+    return exp, {k: v.detach().clone() for k, v in lora.state(exp.fed.model).items()}
+
+
+def test_dropout_on_the_clients_train_the_same_in_any_forward_grouping(tiny_model_dir, tmp_path):
+    """Every client draws its batches and dropout masks from its own streams, and its tokens
+    run packed: one forward for all clients or one per client trains the same models."""
+    from tadlora.core import packing
+
+    exp, together = _trained_state(tiny_model_dir, tmp_path, "train.clients_per_forward=0")
+    assert getattr(exp.fed.model, packing.OFFSET_ATTR, None) == 0  # BERT: packed
+    assert exp.fed.model.config.hidden_dropout_prob > 0
+    _, alone = _trained_state(tiny_model_dir, tmp_path, "train.clients_per_forward=1")
+    _, pairs = _trained_state(tiny_model_dir, tmp_path, "train.clients_per_forward=3")
+    for name, value in together.items():
+        torch.testing.assert_close(alone[name], value, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(pairs[name], value, atol=1e-6, rtol=1e-5)
+    _, other = _trained_state(tiny_model_dir, tmp_path, "run.seed=1")
+    assert not all(torch.allclose(other[k], v) for k, v in together.items())
