@@ -113,7 +113,7 @@ def _edges_to_adjacency(edges: list[Edge], n: int | None, path: str) -> np.ndarr
 
 def _warn_one_directional(edges: list[Edge], path: str) -> None:
     """Both directions for some edges but one for others: likely a directed graph."""
-    pairs = {(i, j) for i, j, _ in edges}
+    pairs = {(i, j) for i, j, _ in edges if i != j}
     one_way = [(i, j) for i, j in pairs if (j, i) not in pairs]
     if one_way and len(one_way) < len(pairs):
         warnings.warn(f"graph file {path}: {len(one_way)} edge(s) are listed in one direction "
