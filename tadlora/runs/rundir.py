@@ -33,9 +33,10 @@ from .lock import LOCK, Lock
 
 CONFIG, CLIENTS, METRICS, SUMMARY = "config.toml", "clients.json", "metrics.jsonl", "summary.json"
 CHECKPOINT, PEERS, ERROR_LOG = "checkpoint", "peers", "error.log"
+LOGS = "logs"  # a launch's peer output, rank-K.log (engines/peer_output.py)
 META = "state.json"  # a checkpoint's round, switch interval and checksums
 PREVIOUS = f"{CHECKPOINT}.prev"  # the checkpoint before the last (a resume falls back to it)
-RUN_FILES = {CONFIG, CLIENTS, METRICS, SUMMARY, CHECKPOINT, PEERS, ERROR_LOG, LOCK, PREVIOUS,
+RUN_FILES = {CONFIG, CLIENTS, METRICS, SUMMARY, CHECKPOINT, PEERS, ERROR_LOG, LOCK, PREVIOUS, LOGS,
              f"{CHECKPOINT}.tmp", f"{CHECKPOINT}.old",
              *(f"{f}.tmp" for f in (CONFIG, CLIENTS, METRICS, SUMMARY))}
 RESUMABLE_KEYS = ("checkpoint_every", "eval_every", "progress", "rounds")  # run.* on --resume
