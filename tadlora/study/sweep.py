@@ -74,7 +74,7 @@ def _status(directory: Path, cfg: Config) -> tuple[str, str]:
 
 
 def _check_only(sweep: Sweep, only: list[str]) -> None:
-    for spec in only:
+    for spec in only:  # section.key=v1,v2 with a key of the grid
         key, sep, _ = spec.partition("=")
         if not sep:
             raise ConfigError(f"--only {spec!r} must look like section.key=value[,value...], "
@@ -96,17 +96,16 @@ def _selected(cfg: Config, base: Path | None, overrides: list[str], only: list[s
 
 
 def out_dir(sweep: Sweep, overrides: list[str]) -> tuple[Path, list[str]]:
-    """The sweep's out_dir (run.out_dir=DIR moves it) and the other overrides, which may not
-    set run.name or a key the grid varies (the runs' names would then lie)."""
+    """The sweep's out_dir (run.out_dir=DIR moves it) and the other overrides (not run.name,
+    not a key the grid varies: the runs' names would lie)."""
     out, extra = sweep.out_dir, []
     for item in overrides:
         key = item.partition("=")[0].strip()
         if key == "run.name":
             raise ConfigError("run.name is set by the sweep for each run")
         if key in sweep.axes:
-            raise ConfigError(f"override {item!r}: {key} is an axis of the sweep's grid (the "
-                              "runs are named after it); use --only "
-                              f"{key}=VALUE to run a part of it, or change the sweep file")
+            raise ConfigError(f"override {item!r}: {key} is an axis of the sweep's grid (the runs "
+                              f"are named after it); use --only {key}=VALUE or edit the sweep")
         if key == "run.out_dir":
             out = Path(str(config.parse_overrides([item])["run"]["out_dir"]))
         else:
@@ -138,8 +137,7 @@ def plan(sweep: Sweep, overrides: list[str] = (), only: list[str] = ()) -> list[
 
 
 def _clear(directory: Path) -> None:
-    """Remove an unfinished run's files before starting it over (only files a run makes, and
-    not while another process writes them)."""
+    """Remove an unfinished run's files (only a run's, never while a process writes them)."""
     if not directory.exists():
         return
     strange = sorted(p.name for p in directory.iterdir() if p.name not in RUN_FILES)
@@ -217,8 +215,7 @@ def run_sweep(sweep: Sweep, jobs: int = 1, overrides: list[str] = (),
     from tqdm import tqdm
 
     todo = plan(sweep, overrides, only)
-    out = out_dir(sweep, overrides)[0]
-    rundir.make_dir(out, "the sweep's out_dir")
+    rundir.make_dir(out := out_dir(sweep, overrides)[0], "the sweep's out_dir")
     counts = {"total": len(todo), "done": 0, "resumed": 0, "skipped": 0, "failed": 0}
     bar = tqdm(total=len(todo), desc=f"sweep {sweep.name}", unit="run")
     with Lock(out, "sweep out_dir"), bar:  # one sweep at a time on an out_dir
