@@ -21,6 +21,7 @@ from torch import nn
 
 from . import packing
 from .dropout import Dropout
+from .precision import autocast_input
 
 Clients = slice | torch.Tensor  # a contiguous client range, or a 1-d index tensor
 KINDS = ("A", "B", "head")  # the kinds of per-client tensors a model carries
@@ -76,6 +77,7 @@ class LoRALinear(_Stacked):
         self.clients = slice(0, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = autocast_input(x)  # one cast for the base and the LoRA products (bf16 autocast)
         y = self.base(x)
         a, b = self.A[self.clients], self.B[self.clients]  # (g, r, d_in), (g, d_out, r)
         lay, x = packing.current(), self.dropout(x)

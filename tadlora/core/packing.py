@@ -56,13 +56,20 @@ class Layout:
     def tokens(self) -> list[int]:
         return [b - a for a, b in zip(self.token_starts, self.token_starts[1:])]
 
+    @property
+    def even(self) -> bool:
+        """Every client has the same number of tokens (evaluation: the same batch for all)."""
+        return self.t_max * self.groups == self.token_starts[-1]
+
     def to_clients(self, x: torch.Tensor) -> torch.Tensor:
         """(T, d) -> (g, t_max, d): each client's tokens, padded to the longest client."""
-        return x.index_select(0, self.gather).view(self.groups, self.t_max, x.shape[-1])
+        rows = x if self.even else x.index_select(0, self.gather)
+        return rows.view(self.groups, self.t_max, x.shape[-1])
 
     def from_clients(self, x: torch.Tensor) -> torch.Tensor:
         """(g, t_max, d) -> (T, d)."""
-        return x.reshape(-1, x.shape[-1]).index_select(0, self.scatter)
+        rows = x.reshape(-1, x.shape[-1])
+        return rows if self.even else rows.index_select(0, self.scatter)
 
     def to(self, device: torch.device) -> Layout:
         moved = {k: v.to(device) for k, v in vars(self).items() if isinstance(v, torch.Tensor)}

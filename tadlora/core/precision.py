@@ -58,6 +58,15 @@ def cast_frozen(model: torch.nn.Module, precision: str) -> int:
     return len(layers)
 
 
+def autocast_input(x: torch.Tensor) -> torch.Tensor:
+    """x in the active autocast dtype, as autocast would cast it for each matmul that reads it:
+    a layer whose input feeds two matmuls casts it once."""
+    dev = x.device.type
+    if x.dtype == torch.float32 and torch.is_autocast_enabled(dev):
+        return x.to(torch.get_autocast_dtype(dev))
+    return x
+
+
 def autocast(device: torch.device, precision: str) -> torch.autocast:
     """bf16 autocast when precision is bf16 (factors and optimizer stay fp32), else a no-op."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")

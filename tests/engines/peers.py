@@ -1,9 +1,9 @@
 """Helpers for tests that start real peers on torch.distributed (gloo, 127.0.0.1): the run's
 overrides, process groups killed whole on timeout, and the in-process engine as reference.
 
-Parity needs training that does not depend on how clients are grouped into forward passes:
-the in-process engine draws dropout masks per forward group, so the model here has no dropout
-(hidden, attention and LoRA dropout 0); see tadlora/engines/distributed.py.
+The default overrides turn LoRA dropout off and the fixtures' `nodrop_model_dir` has no hidden
+or attention dropout; a test that wants dropout on adds `model.lora_dropout=...` and uses
+`tiny_model_dir` (every client draws its masks from its own stream: core/dropout.py).
 """
 
 import json

@@ -47,16 +47,29 @@ def test_four_peers_p2p_match_the_simulator_every_round(nodrop_model_dir, tmp_pa
         assert r["diagnostic_bytes"][0] == 0 and min(r["diagnostic_bytes"][1:]) > 0
 
 
-def check_parity(argv, d, peers, mode):
-    """The run in `d` is bit for bit the simulator's with the peers' forward groups, and
-    within 1e-6 of the simulator's default (one group): every client's tensors after every
-    round, the records and the summary. Bytes are what the mode must send."""
+def test_with_dropout_peers_match_the_simulator_in_any_grouping(tiny_model_dir, tmp_path):
+    """Hidden, attention and LoRA dropout on: every client draws its masks from its own stream
+    and its tokens run packed, so 2 peers train what one process trains in one group."""
+    argv = args(tiny_model_dir, tmp_path, "d", "method.name=tad", "model.lora_dropout=0.1",
+                "distributed.keep_slices=true")
+    rc, _, err = tadlora("launch", "--peers", "2", *argv)
+    assert rc == 0, err
+    check_parity(argv, tmp_path / "d", peers=2, mode="all_gather", exact=False)
+
+
+def check_parity(argv, d, peers, mode, exact=True):
+    """The run in `d` is bit for bit the simulator's with the peers' forward groups (`exact`;
+    else within 1e-6: the peers run one thread each, and the matmuls of attention with dropout
+    round differently at another thread count), and within 1e-6 of the simulator's default
+    (one group): every client's tensors after every round, the records and the summary. Bytes
+    are what the mode must send."""
     states, want, _ = reference([*argv, f"train.clients_per_forward={8 // peers}"])
     got_records = records(d)
     for t, state in enumerate(states):
         got = slices_of_round(d, t + 1)
-        assert all(torch.equal(got[k], v) for k, v in state.items()), t
-        assert same_as_simulator(got_records[t], want[t])
+        assert all(torch.equal(got[k], v) if exact else (got[k] - v).abs().max() <= 1e-6
+                   for k, v in state.items()), t
+        assert not exact or same_as_simulator(got_records[t], want[t])
     states, want, summary = reference(argv)
     for t, state in enumerate(states):
         got = slices_of_round(d, t + 1)
