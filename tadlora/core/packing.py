@@ -100,15 +100,16 @@ class Block:
         return Block(self.slots.to(device), self.key_bias.to(device), self.width)
 
     def pad(self, x: torch.Tensor) -> torch.Tensor:
-        """(H, t, dh) of the block's tokens -> (b, H, L, dh), zeros in the padding."""
-        h, _, dh = x.shape
-        out = x.new_zeros(h, len(self.key_bias) * self.width, dh).index_copy(1, self.slots, x)
-        return out.view(h, -1, self.width, dh).transpose(0, 1)
+        """(t, H, dh) of the block's tokens -> (b, H, L, dh), zeros in the padding (a view of
+        a (b, L, H, dh) tensor: tokens stay rows, as the linear layers wrote them)."""
+        _, h, dh = x.shape
+        out = x.new_zeros(len(self.key_bias) * self.width, h, dh).index_copy(0, self.slots, x)
+        return out.view(-1, self.width, h, dh).transpose(1, 2)
 
     def unpad(self, x: torch.Tensor) -> torch.Tensor:
-        """(b, H, L, dh) -> (H, t, dh)."""
+        """(b, H, L, dh) -> (t, H, dh)."""
         h, dh = x.shape[1], x.shape[3]
-        return x.transpose(0, 1).reshape(h, -1, dh).index_select(1, self.slots)
+        return x.transpose(1, 2).reshape(-1, h, dh).index_select(0, self.slots)
 
 
 def layout(lengths: torch.Tensor, groups: int) -> Layout:
@@ -148,7 +149,7 @@ def packed(lay: Layout) -> Iterator[Layout]:
 
 def _client_attention(q, k, v, block: Block, st: dropout.Streams | None, p: float,
                       scale: float | None) -> torch.Tensor:
-    """Attention of a block of sequences: q, k, v are their tokens (H, t, dh). With streams
+    """Attention of a block of sequences: q, k, v are their tokens (t, H, dh). With streams
     (one client's), dropout draws the client's mask (b, H, L_c, L_c) from its stream; without,
     dropout is SDPA's own (torch's RNG)."""
     q, k, v = block.pad(q), block.pad(k), block.pad(v)  # (b, H, L, dh)
@@ -172,13 +173,14 @@ def attention(module, query, key, value, attention_mask, dropout=0.0, scaling=No
         return sdpa_attention_forward(module, query, key, value, attention_mask,
                                       dropout=dropout, scaling=scaling, **kwargs)
     st = _streams()
+    tokens = [x[0].transpose(0, 1) for x in (query, key, value)]  # (T, H, dh), contiguous
     if dropout == 0 or st is None:  # no masks to draw per client: one batched attention
-        out = _client_attention(query[0], key[0], value[0], lay.whole, None, dropout, scaling)
-        return out.transpose(0, 1).unsqueeze(0), None
-    parts = zip(*(x[0].split(lay.tokens, 1) for x in (query, key, value)), strict=True)
+        out = _client_attention(*tokens, lay.whole, None, dropout, scaling)
+        return out.unsqueeze(0), None
+    parts = zip(*(x.split(lay.tokens) for x in tokens), strict=True)
     out = torch.cat([_client_attention(q, k, v, lay.blocks[c], st.client(c), dropout, scaling)
-                     for c, (q, k, v) in enumerate(parts)], 1)
-    return out.transpose(0, 1).unsqueeze(0), None  # (H, T, dh) -> (1, T, H, dh)
+                     for c, (q, k, v) in enumerate(parts)])
+    return out.unsqueeze(0), None  # (T, H, dh) -> (1, T, H, dh)
 
 
 def _mask(*args, **kwargs):

@@ -121,3 +121,26 @@ def test_frozen_weights_in_bf16_give_the_same_logits_under_autocast():
         torch.float32
     torch.testing.assert_close(after, before, atol=0, rtol=0)
     assert cast_frozen(stacked_bert(), "fp32") == 0
+
+
+def test_evaluation_packed_and_in_token_sized_groups_equals_the_padded_one():
+    """The evaluation as it was (padded batches, all clients in one forward) and as it is
+    (packed, clients grouped to EVAL_TOKENS rows) give the same accuracies and losses."""
+    from tadlora.core import evaluate
+    from tadlora.data.text import Encoded
+
+    batch = ragged(40, seed=3)
+    ids = [row[m.bool()].tolist() for row, m in zip(batch["input_ids"], batch["attention_mask"])]
+    enc = Encoded(ids, [[0] * len(i) for i in ids], torch.arange(40) % 2)
+    val = evaluate.EvalSet(enc, 0, 16)
+    dev = torch.device("cpu")
+    before = evaluate.scores(stacked_bert(prepare=False), val, N, "fp32", dev, per_forward=N)
+    old_budget = evaluate.EVAL_TOKENS
+    try:
+        evaluate.EVAL_TOKENS = 100  # 16 sentences of ~7 tokens: one client per forward
+        now = evaluate.scores(stacked_bert(), val, N, "fp32", dev)
+    finally:
+        evaluate.EVAL_TOKENS = old_budget
+    np.testing.assert_array_equal(now[0], before[0])
+    np.testing.assert_allclose(now[1], before[1], atol=1e-6)
+    assert len(set(before[0].round(6))) > 1  # the clients differ: a real comparison
