@@ -228,22 +228,30 @@ def pack(batch: dict[str, torch.Tensor], groups: int, offset: int
 
 
 def logits(model: nn.Module, batch: dict[str, torch.Tensor], groups: int,
-           seeds: Sequence[int] | None = None) -> torch.Tensor:
+           seeds: Sequence[int] | None = None, min_padding: float = 0.0) -> torch.Tensor:
     """The model's logits for a batch of `groups` equal client chunks, packed if the model was
-    prepared for it; dropout draws from the clients' streams when `seeds` are given."""
+    prepared for it and more than `min_padding` of the batch is padding; dropout draws from
+    the clients' streams when `seeds` are given."""
     streams = None if seeds is None else dropout.Streams.from_seeds(seeds)
-    offset = getattr(model, OFFSET_ATTR, None)
-    if offset is None or "attention_mask" not in batch:
+    if not _packs(model, batch, min_padding):
         with dropout.using(streams):
             return model(**batch).logits
-    inputs, lay = pack(batch, groups, offset)
+    inputs, lay = pack(batch, groups, getattr(model, OFFSET_ATTR))
     with packed(lay), dropout.using(streams, lay.tokens):
         return model(**inputs).logits
 
 
-def tokens_executed(model: nn.Module, batch: dict[str, torch.Tensor]) -> int:
+def _packs(model: nn.Module, batch: dict[str, torch.Tensor], min_padding: float) -> bool:
+    if getattr(model, OFFSET_ATTR, None) is None or "attention_mask" not in batch:
+        return False
+    mask = batch["attention_mask"]
+    return min_padding <= 0 or float(mask.sum()) < (1 - min_padding) * mask.numel()
+
+
+def tokens_executed(model: nn.Module, batch: dict[str, torch.Tensor],
+                    min_padding: float = 0.0) -> int:
     """Token rows a forward of `batch` sends through the model's linear layers."""
-    if getattr(model, OFFSET_ATTR, None) is not None and "attention_mask" in batch:
+    if _packs(model, batch, min_padding):
         return int(batch["attention_mask"].sum())
     return int(batch["input_ids"].numel())
 

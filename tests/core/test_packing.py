@@ -1,6 +1,8 @@
 """Packed forwards (real tokens only) give the padded model's logits and gradients; per-client
 dropout streams make a client's masks independent of its forward group."""
 
+from contextlib import contextmanager
+
 import numpy as np
 import torch
 
@@ -24,6 +26,16 @@ def ragged(rows=6, seed=0, pad_id=0):
         mask[i, :n] = 1
     types = (torch.arange(11)[None] >= 4).long() * mask
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+
+@contextmanager
+def patched(module, **values):
+    old = {k: getattr(module, k) for k in values}
+    vars(module).update(values)
+    try:
+        yield
+    finally:
+        vars(module).update(old)
 
 
 def stacked_bert(dropout_p=0.0, prepare=True):
@@ -135,12 +147,10 @@ def test_evaluation_packed_and_in_token_sized_groups_equals_the_padded_one():
     val = evaluate.EvalSet(enc, 0, 16)
     dev = torch.device("cpu")
     before = evaluate.scores(stacked_bert(prepare=False), val, N, "fp32", dev, per_forward=N)
-    old_budget = evaluate.EVAL_TOKENS
-    try:
-        evaluate.EVAL_TOKENS = 100  # 16 sentences of ~7 tokens: one client per forward
-        now = evaluate.scores(stacked_bert(), val, N, "fp32", dev)
-    finally:
-        evaluate.EVAL_TOKENS = old_budget
-    np.testing.assert_array_equal(now[0], before[0])
-    np.testing.assert_allclose(now[1], before[1], atol=1e-6)
+    for tokens, padding in ((100, 0.0), (evaluate.EVAL_TOKENS, evaluate.EVAL_MIN_PADDING)):
+        # 16 sentences of ~7 tokens: one client per forward, every batch packed; the defaults
+        with patched(evaluate, EVAL_TOKENS=tokens, EVAL_MIN_PADDING=padding):
+            now = evaluate.scores(stacked_bert(), val, N, "fp32", dev)
+        np.testing.assert_array_equal(now[0], before[0])
+        np.testing.assert_allclose(now[1], before[1], atol=1e-6)
     assert len(set(before[0].round(6))) > 1  # the clients differ: a real comparison
