@@ -197,3 +197,13 @@ def test_plan_reads_the_run_directories_the_loop_writes(tiny_model_dir, tmp_path
     changed = {j.name: j for j in sweep.plan(s, [*over, "train.lr=0.1"])}
     assert {j.action for j in changed.values()} == {"stale"}
     assert "train.lr" in changed["s0"].note
+
+
+def test_without_jobs_a_cpu_sweep_runs_one_run_per_core(tmp_path, monkeypatch):
+    write(tmp_path / "base.toml", "")
+    s = load_sweep(write(tmp_path / "g.toml", GRID))
+    monkeypatch.setattr(sweep.os, "cpu_count", lambda: 6)
+    assert sweep.default_jobs(s, sweep.plan(s)) == 6
+    assert sweep.default_jobs(s, sweep.plan(s, ["train.device=cuda"])) == 1  # one GPU
+    ns = argparse.Namespace(rest=["--jobs", "3"], jobs=None, only=None, dry_run=False)
+    assert sweep._arguments(ns)[0] == 3
