@@ -128,8 +128,9 @@ def gemm_rate(tokens: int, hidden: int, inner: int, precision: str) -> float:
 def before_style(exp: runner.Experiment) -> None:
     """Undo packing, the bf16 weight copies and the token-sized client groups: the evaluation
     as it was before the fast engine (length-sorted padded batches, every client in one
-    forward, frozen weights cast at every call)."""
+    forward, frozen weights cast at every call, a LoRA layer's input cast once per product)."""
     evaluate.EVAL_TOKENS = 1 << 40
+    lora.autocast_input = lambda x: x
     if hasattr(exp.fed.model, packing.OFFSET_ATTR):
         delattr(exp.fed.model, packing.OFFSET_ATTR)
     for p in exp.fed.model.parameters():
