@@ -12,7 +12,7 @@ from .runs import health, loop
 from .runs.checkpoint import CheckpointError
 from .runs.config import Config, ConfigError, load
 from .runs.rundir import SUMMARY, RunDir, resumable_config
-from .study import report, sweep
+from .study import records, report, sweep
 
 
 def _split(args: list[str]) -> tuple[str | None, list[str]]:
@@ -148,6 +148,7 @@ def parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_export)
     sweep.add_parser(sub)
     report.add_parser(sub)
+    records.add_parser(sub)
     return p
 
 

@@ -1,0 +1,37 @@
+"""Compact records (`tadlora keep`): small, and the report reads them as it reads the runs."""
+
+import json
+
+import pytest
+
+from tadlora.runs import config, loop
+from tadlora.runs.rundir import METRICS, SUMMARY
+from tadlora.study import records, results
+from tests.conftest import tiny_run_args
+
+
+def test_records_are_small_and_report_the_same_numbers(tiny_model_dir, tmp_path):
+    runs = tmp_path / "runs"
+    for method in ("lora", "tad"):
+        loop.run(config.load(None, tiny_run_args(tiny_model_dir, runs, method,
+                                                 f"method.name={method}", "run.rounds=6")))
+    (runs / "unfinished").mkdir()
+    (runs / "unfinished" / "config.toml").write_text((runs / "lora" / "config.toml").read_text())
+    kept = records.keep(runs, tmp_path / "records")
+    assert sorted(p.name for p in kept) == ["lora", "tad"]  # finished runs only
+    full, small = results.collect(runs), results.collect(tmp_path / "records")
+    def key(r):  # the slim rounds keep 5 significant digits
+        return r["method"], r["final"], r["evals"], [(t, f"{c:.4g}") for t, c in r["cross"]]
+
+    assert sorted(map(key, small)) == sorted(map(key, [r for r in full if r["finished"]]))
+    for d in kept:
+        lines = [json.loads(x) for x in (d / METRICS).read_text().splitlines()]
+        assert len(lines) == 6 and all("eval" in r or set(r) <= set(records.SLIM) for r in lines)
+        assert json.loads((d / SUMMARY).read_text()) == json.loads(
+            (runs / d.name / SUMMARY).read_text())
+        assert (d / METRICS).stat().st_size < (runs / d.name / METRICS).stat().st_size
+
+
+def test_keep_names_a_missing_directory(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a directory of runs"):
+        records.keep(tmp_path / "nothing", tmp_path / "out")
