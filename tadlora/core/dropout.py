@@ -10,7 +10,8 @@ largest cost of a training step.
 
 A mask element keeps its value when its 16 bits are >= round(p * 65536): the drop probability
 is p to within 2**-17, and the kept values are scaled by the exact inverse of the keep rate.
-Without streams (no forward group declared, or outside training) dropout is torch's.
+On a GPU each client's stream is a torch Generator on the device instead (the masks are drawn
+there). Without streams (no forward group declared, or outside training) dropout is torch's.
 """
 
 from __future__ import annotations
@@ -30,30 +31,57 @@ __all__ = ["Streams", "Dropout", "apply", "client_seeds", "dropout", "replace_dr
 BITS = 1 << 16
 
 
+class _Client:
+    """One client's random stream in a forward group: a numpy PCG64 Generator for CPU
+    tensors, and (made when first needed) a torch Generator on each other device, all seeded
+    by the client's seed."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed, self.numpy, self.torch = seed, np.random.default_rng(seed), {}
+
+    def on(self, device: torch.device) -> torch.Generator:
+        if device not in self.torch:
+            self.torch[device] = torch.Generator(device).manual_seed(self.seed)
+        return self.torch[device]
+
+
 @dataclass
 class Streams:
-    """The random streams of one forward group: one Generator per client, in group order."""
+    """The random streams of one forward group, one per client, in group order."""
 
-    generators: list[np.random.Generator]
+    clients: list[_Client]
 
     @classmethod
     def from_seeds(cls, seeds: Sequence[int]) -> Streams:
-        return cls([np.random.default_rng(int(s)) for s in seeds])
+        return cls([_Client(int(s)) for s in seeds])
 
     def mask(self, rows: Sequence[int], width: int, p: float) -> np.ndarray:
         """Keep-mask (sum(rows), width): client c's `rows[c]` rows from its own stream, four
         16-bit draws from each 64-bit output of the generator."""
         threshold = round(p * BITS)
-        parts = [_bits(g, n * width) for g, n in zip(self.generators, rows, strict=True)]
+        parts = [_bits(c.numpy, n * width) for c, n in zip(self.clients, rows, strict=True)]
         return (np.concatenate(parts) >= threshold).reshape(-1, width)
+
+    def keep(self, rows: Sequence[int], width: int, p: float, device: torch.device
+             ) -> tuple[torch.Tensor, float]:
+        """The keep-mask on `device` and the scale of the kept values. On CPU from `mask`; on
+        another device (a GPU) drawn there by each client's torch Generator, so no mask
+        crosses the bus."""
+        if device.type == "cpu":
+            return (torch.from_numpy(self.mask(rows, width, p).view(np.uint8)),
+                    BITS / (BITS - round(p * BITS)))
+        return self.device_keep(rows, width, p, device)
+
+    def device_keep(self, rows: Sequence[int], width: int, p: float, device: torch.device
+                    ) -> tuple[torch.Tensor, float]:
+        """Keep-mask and scale drawn on `device` by each client's torch Generator."""
+        parts = [torch.rand((n, width), generator=c.on(device), device=device) >= p
+                 for c, n in zip(self.clients, rows, strict=True)]
+        return torch.cat(parts), 1.0 / (1.0 - p)
 
     def client(self, c: int) -> Streams:
         """Client c's stream alone (attention draws per client)."""
-        return Streams([self.generators[c]])
-
-    @staticmethod
-    def keep_scale(p: float) -> float:
-        return BITS / (BITS - round(p * BITS))
+        return Streams([self.clients[c]])
 
 
 def _bits(generator: np.random.Generator, n: int) -> np.ndarray:
@@ -107,13 +135,13 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
         return nn.functional.dropout(x, p, True)
     st, declared = active
     n_rows = x.numel() // x.shape[-1]
-    return apply(x, st, _split(n_rows, declared, len(st.generators)), p)
+    return apply(x, st, _split(n_rows, declared, len(st.clients)), p)
 
 
 def apply(x: torch.Tensor, st: Streams, rows: Sequence[int], p: float) -> torch.Tensor:
     """x with the streams' dropout mask (client c's rows[c] rows from its stream) applied."""
-    keep = torch.from_numpy(st.mask(rows, x.shape[-1], p).view(np.uint8)).to(x.device)
-    return (x * keep.view(x.shape)).mul_(st.keep_scale(p))
+    keep, scale = st.keep(rows, x.shape[-1], p, x.device)
+    return (x * keep.view(x.shape)).mul_(scale)
 
 
 class Dropout(nn.Module):

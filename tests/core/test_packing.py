@@ -154,3 +154,13 @@ def test_evaluation_packed_and_in_token_sized_groups_equals_the_padded_one():
         np.testing.assert_array_equal(now[0], before[0])
         np.testing.assert_allclose(now[1], before[1], atol=1e-6)
     assert len(set(before[0].round(6))) > 1  # the clients differ: a real comparison
+
+
+def test_off_the_cpu_each_client_draws_on_the_device_from_its_own_generator():
+    """The device path (a GPU's), exercised on the CPU: per-client torch Generators give a
+    client the same mask alone or in a group, drop rate p and the exact 1 / (1 - p) scale."""
+    cpu = torch.device("cpu")
+    both, scale = dropout.Streams.from_seeds([5, 6]).device_keep([3000, 2000], 100, 0.25, cpu)
+    alone, _ = dropout.Streams.from_seeds([6]).device_keep([2000], 100, 0.25, cpu)
+    assert torch.equal(alone, both[3000:]) and not torch.equal(both[:2000], alone)
+    assert abs(float(both.float().mean()) - 0.75) < 0.005 and scale == 1 / 0.75
