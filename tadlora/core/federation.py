@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from . import dropout, lora, train
+from .estimate import OnlineEstimate, replay
 from .methods import Joint, phase_name
 
 MakeBatch = Callable[[int, int, slice], dict[str, torch.Tensor]]  # (round, step, clients)
@@ -33,6 +34,8 @@ class Federation:
     clients: range  # global ids of the clients held
     seed: int
     local: train.LocalSpec
+    online: OnlineEstimate | None = None  # switch_interval=online: the held clients' estimate
+    rho_segments: tuple[tuple[int, float], ...] = ()  # (first round, Monte Carlo rho): records
 
     @property
     def n_clients(self) -> int:
@@ -81,7 +84,10 @@ def dropout_seed(seed: int, t: int, first_client: int) -> int:
 
 
 def prepare_round(fed: Federation, t: int) -> None:
-    """Trainable flags, optimizer-state policy, the round's learning rate and dropout seed."""
+    """Trainable flags, optimizer-state policy, the round's learning rate and dropout seed.
+    A resumed run with an online estimate first replays it to round t (core/estimate.replay)."""
+    if fed.online is not None:
+        replay(fed.online, t, lambda r: fed.policy.weights(fed.mixing(r)))
     params = train.set_trainable(fed.model, trained_kinds(fed.policy, t))
     switched = t > 0 and fed.policy.trainable(t) != fed.policy.trainable(t - 1)
     if train.OPTIMIZER_STATES[fed.local.optimizer_state](switched):
@@ -107,6 +113,9 @@ def applied_to_factors(w: torch.Tensor, kinds: frozenset[str]) -> tuple[torch.Te
 
 def round_record(fed: Federation, t: int, losses: np.ndarray) -> dict:
     """The start of round t's metrics record (both engines add the mixing's numbers)."""
-    return {"round": t, "phase": phase_name(fed.policy, t),
-            "switch_interval": fed.policy.interval,
-            "train_loss": float(losses.mean()), "client_loss": losses.round(5).tolist()}
+    record = {"round": t, "phase": phase_name(fed.policy, t),
+              "switch_interval": fed.policy.interval_at(t),
+              "train_loss": float(losses.mean()), "client_loss": losses.round(5).tolist()}
+    if fed.rho_segments:
+        record["rho_mc"] = next(rho for r, rho in reversed(fed.rho_segments) if r <= t)
+    return record

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -42,6 +42,10 @@ class Joint:
     def weights(self, w: np.ndarray) -> np.ndarray:
         return w
 
+    def interval_at(self, t: int) -> int | None:
+        """The switching interval T in force in round t (None: the method does not switch)."""
+        return self.interval
+
     @property
     def uses_graph(self) -> bool:
         """Whether the communication graph affects the method (local and fedavg: no)."""
@@ -64,18 +68,61 @@ class FrozenA(Joint):
         return frozenset({"B"})
 
 
+@dataclass
+class PhaseSchedule:
+    """T by round, as segments (start round, T), the first at round 0 (a topology.schedule, or
+    the online estimate's decisions). The phase index continues across a change: from a
+    segment's start s, index(t) = index(s) + (t - s) // T, with index(s) given by the segment
+    before it, so a change of T never reorders phases, it only cuts or lengthens the current
+    one."""
+
+    segments: list[tuple[int, int]]
+    _initial: list[tuple[int, int]] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.segments or self.segments[0][0] != 0:
+            raise ValueError(f"a phase schedule starts at round 0, got {self.segments}")
+        self._initial = list(self.segments)
+
+    def reset(self) -> None:
+        self.segments[:] = self._initial
+
+    def interval(self, t: int) -> int:
+        return next(T for s, T in reversed(self.segments) if s <= t)
+
+    def set_from(self, start: int, interval: int) -> None:
+        """T = interval from round `start` on (a later decision replaces this one's future)."""
+        self.segments[:] = [seg for seg in self.segments if seg[0] < start]
+        if self.interval(start) != interval:
+            self.segments.append((start, interval))
+
+    def index(self, t: int) -> int:
+        k = 0
+        for (s, T), nxt in zip(self.segments, [*self.segments[1:], None], strict=True):
+            if nxt is None or t < nxt[0]:
+                return k + (t - s) // T
+            k += (nxt[0] - s) // T
+        raise AssertionError("unreachable")
+
+
 @dataclass(frozen=True)
 class Alternating(Joint):
     """One factor trains at a time, switching every `interval` rounds, B first (B = 0 at the
     start, so training A first would have zero gradient). mix_both: tad/adf mix both factors
-    every round; rolora mixes only the active one."""
+    every round; rolora mixes only the active one. A `schedule` replaces the fixed interval
+    by T per round (topology.schedule, switch_interval=online)."""
 
     name: str = "tad"
     interval: int = 1
     mix_both: bool = True
+    schedule: PhaseSchedule | None = field(default=None, compare=False)
 
     def phase(self, t: int) -> str:
-        return "B" if (t // self.interval) % 2 == 0 else "A"
+        k = self.schedule.index(t) if self.schedule else t // self.interval
+        return "B" if k % 2 == 0 else "A"
+
+    def interval_at(self, t: int) -> int:
+        return self.schedule.interval(t) if self.schedule else self.interval
 
     def trainable(self, t: int) -> frozenset[str]:
         return frozenset({self.phase(t)})
@@ -137,7 +184,7 @@ def make(name: str, switch_interval: int | None, auto_interval: Callable[[], int
 def uses_auto_interval(name: str, switch_interval: int | str) -> bool:
     """Whether the method, so configured, takes its T from the topology (calls auto)."""
     called: list[bool] = []
-    fixed = None if switch_interval == "auto" else int(switch_interval)
+    fixed = None if switch_interval in ("auto", "online") else int(switch_interval)
     make(name, fixed, lambda: called.append(True) or 1)
     return bool(called)
 

@@ -91,19 +91,71 @@ def parameters(kind: str) -> set[str]:
     return set(inspect.signature(GRAPHS[kind]).parameters)
 
 
+Schedule = tuple[tuple[int, float], ...]  # (first round, p) pieces, the first at round 0
+
+
+def parse_schedule(text: str, kind: str = "er") -> Schedule:
+    """'0:0.5,60:0.02' -> ((0, 0.5), (60, 0.02)): the edge probability from each round on.
+    ValueError naming the piece when a piece is not ROUND:P, the rounds do not start at 0 and
+    increase, or a p is outside (0, 1]; or when graph `kind` has no p drawn every round."""
+    _check_scheduled(kind)
+    pieces = []
+    for piece in text.split(","):
+        r, sep, p = piece.strip().partition(":")
+        try:
+            pieces.append((int(r), float(p)))
+        except ValueError:
+            raise ValueError(f"piece {piece.strip()!r} is not ROUND:P (e.g. 0:0.5,60:0.02)") \
+                from None
+        if not sep or not 0.0 < pieces[-1][1] <= 1.0:
+            raise ValueError(f"piece {piece.strip()!r}: need ROUND:P with P in (0, 1]")
+    rounds = [r for r, _ in pieces]
+    if rounds[0] != 0 or any(b <= a for a, b in zip(rounds, rounds[1:], strict=False)):
+        raise ValueError(f"rounds {rounds}: the first piece starts at round 0 and the rounds "
+                         "increase")
+    return tuple(pieces)
+
+
+def schedule_problem(text: str, kind: str) -> str | None:
+    """What is wrong with topology.schedule `text` for graph `kind`, or None."""
+    try:
+        parse_schedule(text, kind)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def _check_scheduled(kind: str) -> None:
+    if not {"p", "round"} <= parameters(kind):
+        takes = [k for k in GRAPHS if {"p", "round"} <= parameters(k)]
+        raise ValueError(f"topology.kind={kind} has no edge probability drawn every round; "
+                         f"use one that has: {', '.join(takes)}")
+
+
+def p_at(schedule: Schedule, t: int) -> float:
+    """The edge probability of round t under `schedule`."""
+    return next(p for r, p in reversed(schedule) if r <= t)
+
+
 def graph_process(
-    kind: str, n: int, seed: int, p: float = 0.5, path: str | None = None
+    kind: str, n: int, seed: int, p: float = 0.5, path: str | None = None,
+    schedule: Schedule = (),
 ) -> GraphProcess:
     """round -> adjacency (n, n) for the graph `kind`, with its arguments validated.
 
     A graph takes what its parameter names ask for among n, seed, round, p, path; a graph with no
-    `round` parameter is static (built and checked once, here).
+    `round` parameter is static (built and checked once, here). A `schedule` replaces p by the
+    p of each round's piece (graphs drawn every round with a p only).
     """
     wanted = parameters(kind)
     graph = GRAPHS[kind]
     _check_args(n, seed, p if "p" in wanted else None)
     given = {"n": n, "seed": seed, "p": p, "path": path}
     kwargs = {k: v for k, v in given.items() if k in wanted}
+    if schedule:
+        _check_scheduled(kind)
+        kwargs.pop("p")
+        return lambda t: graph(round=t, p=p_at(schedule, t), **kwargs)
     if "round" in wanted:
         return lambda t: graph(round=t, **kwargs)
     adj = graph(**kwargs)  # (m, m)
@@ -142,10 +194,11 @@ def uniform_weights(n: int) -> np.ndarray:
 
 
 def mixing_process(
-    kind: str, n: int, seed: int, p: float = 0.5, path: str | None = None
+    kind: str, n: int, seed: int, p: float = 0.5, path: str | None = None,
+    schedule: Schedule = (),
 ) -> MixingProcess:
     """round -> W(t) (n, n): Metropolis-Hastings weights of that round's graph."""
-    graph = graph_process(kind, n, seed, p, path)
+    graph = graph_process(kind, n, seed, p, path, schedule)
     return lambda t: metropolis_hastings(graph(t))
 
 
@@ -176,6 +229,13 @@ def process_rho(
 ) -> float:
     """rho of the topology `kind`, estimated on the graph stream of seed RHO_SEED."""
     return contraction(mixing_process(kind, n, RHO_SEED, p, path), n, samples)
+
+
+def segment_rhos(kind: str, n: int, p: float, path: str | None, samples: int,
+                 schedule: Schedule = ()) -> tuple[tuple[int, float], ...]:
+    """(first round, rho) of every piece of `schedule` (one piece from round 0 without)."""
+    pieces = schedule or ((0, p),)
+    return tuple((r, process_rho(kind, n, q, path, samples)) for r, q in pieces)
 
 
 def spectral_gap(rho: float) -> float:

@@ -49,7 +49,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..core import evaluate, gossip, lora
+from ..core import estimate, evaluate, gossip, lora
 from ..core.evaluate import EvalSet
 from ..core.federation import Federation, local_training, mixed_kinds, prepare_round
 from . import exchange, faults, records
@@ -76,17 +76,21 @@ def run_round(fed: Federation, net: Net, t: int) -> dict | None:
     t1 = time.perf_counter()
     got = _exchange(fed, net, t, kinds, w, fac)
     pre = records.diagnostic_rows(net, fac, kinds)
-    _apply(fed, net, fac, kinds, w, got)
+    decided = _apply(fed, net, t, fac, kinds, w, got)
     transfer = time.perf_counter() - t1
     times = [compute, wait, transfer]
-    return records.report(fed, net, t, losses, times, got, pre, kinds, w)
+    record = records.report(fed, net, t, losses, times, got, pre, kinds, w)
+    return record if fed.online is None else _online_record(fed, net, t, record, got, decided)
 
 
 def _exchange(fed: Federation, net: Net, t: int, kinds: frozenset[str],
               w: np.ndarray, fac: dict) -> Received:
     if not kinds:
         return Received(torch.zeros(len(net.clients), 0), list(net.clients))
-    own = exchange.pack([fac[k][name] for k, name in mixed_keys(fac, kinds)]).to(net.device)
+    tensors = [fac[k][name] for k, name in mixed_keys(fac, kinds)]
+    if fed.online is not None:  # the estimate's values ride in the same row
+        tensors.append(torch.from_numpy(fed.online.payload()).to(tensors[0].dtype))
+    own = exchange.pack(tensors).to(net.device)
     wire = faults.wire(own, net.rank, t)
     stamp = Stamp(t, net.rank, wire.shape[0], wire.shape[1], own.dtype,
                   exchange.kinds_mask(kinds))
@@ -100,20 +104,51 @@ def _exchange(fed: Federation, net: Net, t: int, kinds: frozenset[str],
     return got
 
 
-def _apply(fed: Federation, net: Net, fac: dict, kinds: frozenset[str], w: np.ndarray,
-           got: Received) -> None:
-    """Overwrite this peer's clients' mixed tensors with their mixed rows."""
+def _apply(fed: Federation, net: Net, t: int, fac: dict, kinds: frozenset[str],
+           w: np.ndarray, got: Received) -> bool:
+    """Overwrite this peer's clients' mixed tensors with their mixed rows; advance the online
+    estimate (returns whether it took a decision this round)."""
     if not kinds:
-        return
+        return False
     keys = mixed_keys(fac, kinds)
     params = [fac[k][name] for k, name in keys]
-    every = _every_client(net, got, params)
+    probes = [] if fed.online is None else [torch.zeros(net.n, estimate.WIDTH)]
+    every = _every_client(net, got, params + probes)
+    decided = bool(probes) and estimate.online_round(
+        fed.online, t, applied(w, got.excluded)[net.clients.start:net.clients.stop],
+        every.pop().double().cpu().numpy(), lambda proposals: _share(net, proposals))
     new = mix_held(w, net.clients, every, got.excluded)
     if fed.policy.mixes_products:
         new = _products(net, keys, every, new, w, got)
     with torch.no_grad():
         for p, x in zip(params, new, strict=True):
             p.copy_(x)
+    return decided
+
+
+def _share(net: Net, proposals: np.ndarray) -> np.ndarray:
+    """Every client's proposal (n,) on every peer: an all-reduce of each peer's own slots."""
+    x = torch.zeros(net.n, dtype=torch.int64)
+    x[net.clients.start:net.clients.stop] = torch.from_numpy(proposals.astype(np.int64))
+    x = x.to(net.device)
+    net.live.guard(lambda: dist.all_reduce(x))
+    return x.cpu().numpy()
+
+
+def _online_record(fed: Federation, net: Net, t: int, record: dict | None, got: Received,
+                   decided: bool) -> dict | None:
+    """Rank 0's record with every client's estimate (mean, spread) and the bytes the estimate
+    cost: its share of each client's row, and the proposals of a decision round."""
+    mine = torch.as_tensor(fed.online.estimates(), dtype=torch.float64)[:, None]
+    full, _ = net.gather(torch.nan_to_num(mine, nan=-1.0), t)
+    if record is None:
+        return None
+    est = full[:, 0].numpy()
+    extra = estimate.decision_bytes(net.n) if decided else 0
+    width = got.rows.shape[1]
+    online = [b * estimate.WIDTH // width + extra for b in record["bytes_sent"]]
+    record["bytes_sent"] = [b + extra for b in record["bytes_sent"]]
+    return {**record, **estimate.summary(np.where(est < 0, np.nan, est)), "online_bytes": online}
 
 
 def _products(net: Net, keys: list[tuple[str, str]], every: list[torch.Tensor],

@@ -9,7 +9,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core import evaluate, gossip, lora
+from ..core import estimate, evaluate, gossip, lora
+from ..core.estimate import OnlineEstimate
 from ..core.evaluate import EvalSet
 from ..core.federation import (
     Federation,
@@ -23,8 +24,10 @@ from ..core.methods import Joint
 from .base import State
 
 
-def mix_and_measure(model: nn.Module, policy: Joint, w_graph: np.ndarray, t: int) -> dict:
-    """Mix the round's factors with the method's weights; consensus, cross-term error, bytes."""
+def mix_and_measure(model: nn.Module, policy: Joint, w_graph: np.ndarray, t: int,
+                    online: OnlineEstimate | None = None) -> dict:
+    """Mix the round's factors with the method's weights; consensus, cross-term error, bytes;
+    with an online estimate, its values ride along (bytes counted) and its record is added."""
     fac = lora.factors(model)
     kinds = mixed_kinds(policy, t)
     tensors = {f"{k}/{n}": p for k in kinds for n, p in fac[k].items()}
@@ -36,12 +39,27 @@ def mix_and_measure(model: nn.Module, policy: Joint, w_graph: np.ndarray, t: int
     else:
         cross = gossip.cross_term_error(fac["A"], fac["B"], w, *applied_to_factors(w, kinds))
     gossip.mix(linear, w)
-    return {
+    record = {
         "consensus_A": gossip.consensus_distance(fac["A"]),
         "consensus_B": gossip.consensus_distance(fac["B"]),
         "cross_term_error": cross,
         "bytes_sent": gossip.bytes_sent(w.numpy(), tensors),
     }
+    if online is not None:  # bytes_sent includes online_bytes
+        record.update(online_step(online, t, w.numpy()))
+        record["bytes_sent"] = [a + b for a, b in zip(record["bytes_sent"],
+                                                      record["online_bytes"], strict=True)]
+    return record
+
+
+def online_step(online: OnlineEstimate, t: int, w: np.ndarray) -> dict:
+    """The estimate's round: its values mixed with the factors' W, the proposals of a
+    decision round shared with every client; its record and the bytes it sent."""
+    every = online.payload()
+    sent = gossip.bytes_sent(w, {"online": torch.from_numpy(every)})
+    if estimate.online_round(online, t, w, every, lambda proposals: proposals):
+        sent = [b + estimate.decision_bytes(len(w)) for b in sent]
+    return {**estimate.summary(online.estimates()), "online_bytes": sent}
 
 
 def mix_products(fac: dict, w: torch.Tensor) -> float:
@@ -58,7 +76,7 @@ def run_round(fed: Federation, t: int) -> dict:
     """One round of decentralized training; returns its metrics record."""
     prepare_round(fed, t)
     record = round_record(fed, t, local_training(fed, t))
-    record.update(mix_and_measure(fed.model, fed.policy, fed.mixing(t), t))
+    record.update(mix_and_measure(fed.model, fed.policy, fed.mixing(t), t, fed.online))
     return record
 
 

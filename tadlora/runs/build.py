@@ -8,14 +8,14 @@ import importlib.util
 import os
 import re
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..core import lora, methods, packing, topology, train
+from ..core import estimate, lora, methods, packing, topology, train
 from ..core.evaluate import EvalSet, TensorEvalSet
 from ..core.federation import Federation, MakeBatch
 from ..core.precision import cast_frozen, resolve_precision
@@ -117,26 +117,53 @@ def client_parts(cfg: Config, labels: np.ndarray) -> list[np.ndarray]:
                                d.examples_per_client or None)
 
 
+def schedule(cfg: Config) -> topology.Schedule:
+    """topology.schedule's pieces, () without one."""
+    t = cfg.topology
+    return topology.parse_schedule(t.schedule, t.kind) if t.schedule else ()
+
+
 def mixing(cfg: Config) -> topology.MixingProcess:
     t = cfg.topology
-    return topology.mixing_process(t.kind, cfg.clients.n, cfg.run.seed, t.p, t.path or None)
+    return topology.mixing_process(t.kind, cfg.clients.n, cfg.run.seed, t.p, t.path or None,
+                                   schedule(cfg))
+
+
+def segment_rhos(cfg: Config) -> tuple[tuple[int, float], ...]:
+    """(first round, Monte Carlo rho) of every piece of the topology (one without a schedule)."""
+    t = cfg.topology
+    return topology.segment_rhos(t.kind, cfg.clients.n, t.p, t.path or None, t.rho_samples,
+                                 schedule(cfg))
 
 
 def policy(cfg: Config) -> tuple[methods.Joint, float | None]:
-    """The method's policy and, when it was needed (switch_interval=auto), the rho it used."""
-    rho: list[float] = []
-    t = cfg.topology
+    """The method's policy and, when it was needed (switch_interval=auto or online), the rho of
+    the topology's first piece. auto with a topology.schedule: T per piece, from its rho;
+    online: T from the estimate (core/estimate.py), WARMUP_T until its first decision."""
+    rhos: list[tuple[int, float]] = []
+    si, c = cfg.method.switch_interval, cfg.method.c
 
     def auto() -> int:
-        rho.append(topology.process_rho(t.kind, cfg.clients.n, t.p, t.path or None, t.rho_samples))
-        if rho[0] >= 1.0:
+        rhos.extend(segment_rhos(cfg))
+        if any(rho >= 1.0 for _, rho in rhos) and si == "auto":
             raise ConfigError("method.switch_interval=auto: this topology never mixes (rho = 1); "
                               "give an integer switch interval or a connected graph")
-        return methods.switch_interval(rho[0], cfg.method.c)
+        return estimate.WARMUP_T if si == "online" else methods.switch_interval(rhos[0][1], c)
 
-    si = cfg.method.switch_interval
-    pol = methods.make(cfg.method.name, None if si == "auto" else int(si), auto)
-    return pol, (rho[0] if rho else None)
+    pol = methods.make(cfg.method.name, None if si in ("auto", "online") else int(si), auto)
+    if rhos and (si == "online" or len(rhos) > 1):
+        pieces = [(0, estimate.WARMUP_T)] if si == "online" else [
+            (r, methods.switch_interval(rho, c)) for r, rho in rhos]
+        pol = replace(pol, schedule=methods.PhaseSchedule(pieces))
+    return pol, (rhos[0][1] if rhos else None)
+
+
+def online(cfg: Config, pol: methods.Joint, clients: range) -> estimate.OnlineEstimate | None:
+    """The held clients' online estimate when the policy follows one."""
+    if cfg.method.switch_interval != "online" or getattr(pol, "schedule", None) is None:
+        return None
+    return estimate.OnlineEstimate(cfg.clients.n, cfg.run.seed, cfg.method.c, clients,
+                                   pol.schedule)
 
 
 def device(cfg: Config) -> torch.device:
@@ -256,6 +283,8 @@ def build(cfg: Config, clients: range | None = None) -> Experiment:
     fed = Federation(model=model, optimizer=train.make_optimizer(model, cfg.train.lr,
                                                                  cfg.train.weight_decay),
                      policy=pol, mixing=mixing(cfg), make_batch=task.make_batch,
-                     clients=clients, seed=cfg.run.seed, local=spec)
+                     clients=clients, seed=cfg.run.seed, local=spec,
+                     online=online(cfg, pol, clients),
+                     rho_segments=segment_rhos(cfg) if getattr(pol, "schedule", None) else ())
     return Experiment(cfg=cfg, fed=fed, val=task.val, label_counts=task.label_counts,
                       label_names=task.label_names, rho=rho)

@@ -19,7 +19,7 @@ from typing import Any
 from ..core.lora import HEADS
 from ..core.methods import DEFAULT_C, METHODS
 from ..core.precision import PRECISIONS
-from ..core.topology import GRAPHS
+from ..core.topology import GRAPHS, schedule_problem
 from ..core.train import OPTIMIZER_STATES, SCHEDULES
 from ..data.partition import PARTITIONS
 from ..data.sources import SOURCES
@@ -74,12 +74,13 @@ class Topology:
     p: float = 0.5
     path: str = ""  # graph file for kind=file
     rho_samples: int = 2000  # Monte Carlo samples for the contraction rho
+    schedule: str = ""  # "ROUND:P,ROUND:P": p from each round on (er, pairs); "" = topology.p
 
 
 @dataclass(frozen=True)
 class Method:
     name: str = "tad"
-    switch_interval: int | str = "auto"  # rounds per phase, or "auto" = from rho
+    switch_interval: int | str = "auto"  # rounds per phase; "auto" = from rho; "online" = estimated
     c: float = DEFAULT_C  # constant of auto: T = max(1, round(c / sqrt(1 - rho)))
 
 
@@ -183,20 +184,20 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
 def _check(cfg: Config) -> None:
     for key, choices in CHOICES.items():
         section, name = key.split(".")
-        if getattr(getattr(cfg, section), name) not in choices:
-            value = getattr(getattr(cfg, section), name)
+        if (value := getattr(getattr(cfg, section), name)) not in choices:
             raise ConfigError(f"{key}={value!r} is not valid; choose one of {', '.join(choices)}")
     for key in POSITIVE | NON_NEGATIVE:
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
         if value < 0 or (key in POSITIVE and value == 0):
-            bound = "> 0" if key in POSITIVE else ">= 0"
-            raise ConfigError(f"{key}={value!r}: must be {bound}")
-    si = cfg.method.switch_interval
-    if si != "auto" and not (isinstance(si, int) and si >= 1):
-        raise ConfigError(f"method.switch_interval={si!r}: use an integer >= 1 or 'auto'")
-    if not 0 < cfg.topology.p <= 1:
-        raise ConfigError(f"topology.p={cfg.topology.p}: must be in (0, 1]")
+            raise ConfigError(f"{key}={value!r}: must be {'> 0' if key in POSITIVE else '>= 0'}")
+    si, t = cfg.method.switch_interval, cfg.topology
+    if si not in ("auto", "online") and not (isinstance(si, int) and si >= 1):
+        raise ConfigError(f"method.switch_interval={si!r}: use an integer >= 1, auto or online")
+    if not 0 < t.p <= 1:
+        raise ConfigError(f"topology.p={t.p}: must be in (0, 1]")
+    if problem := t.schedule and schedule_problem(t.schedule, t.kind):
+        raise ConfigError(f"topology.schedule={t.schedule!r}: {problem}")
     if not 0 <= cfg.model.lora_dropout < 1:
         raise ConfigError(f"model.lora_dropout={cfg.model.lora_dropout}: must be in [0, 1)")
     if cfg.data.source == "files" and not cfg.data.path:

@@ -43,7 +43,8 @@ def summary(exp: Experiment, records: list[dict], wall: float) -> dict:
     last_eval = next(r["eval"] for r in reversed(records) if "eval" in r)
     cfg = exp.cfg
     return {"method": cfg.method.name, "topology": cfg.topology.kind, "p": cfg.topology.p,
-            "rounds": len(records), "switch_interval": exp.fed.policy.interval, "rho": exp.rho,
+            "rounds": len(records), "switch_interval": exp.fed.policy.interval_at(
+                len(records) - 1), "rho": exp.rho,
             "precision": exp.fed.local.precision,
             "label_names": exp.label_names, "label_counts": exp.label_counts,
             "wall_time_s": round(wall, 1), **last_eval}

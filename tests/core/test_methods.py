@@ -149,3 +149,27 @@ def test_a_registered_method_runs_end_to_end(tiny_model_dir, tmp_path, monkeypat
     table = [line.split(" | ")[0] for line in text.splitlines() if line.startswith("| ")]
     assert table.index("| lora") < table.index("| aa_trains_b")  # registry order, twice:
     assert table.count("| aa_trains_b") == 2  # the accuracy table, and paired with lora
+
+
+def test_a_phase_schedule_continues_the_phase_index_across_a_change_of_t():
+    sched = methods.PhaseSchedule([(0, 2), (5, 3)])
+    # T = 2: rounds 0-1 phase 0, 2-3 phase 1, 4 phase 2; from round 5 (index 5 // 2 = 2) T = 3
+    assert [sched.index(t) for t in range(12)] == [0, 0, 1, 1, 2, 2, 2, 2, 3, 3, 3, 4]
+    assert [sched.interval(t) for t in (0, 4, 5, 100)] == [2, 2, 3, 3]
+    pol = methods.Alternating(name="tad", interval=2, schedule=sched)
+    assert [pol.phase(t) for t in range(8)] == ["B", "B", "A", "A", "B", "B", "B", "B"]
+    assert pol.interval_at(4) == 2 and pol.interval_at(5) == 3
+    sched.set_from(8, 3)  # no change: no segment
+    sched.set_from(8, 1)
+    assert sched.segments == [(0, 2), (5, 3), (8, 1)]
+    sched.set_from(6, 3)  # a decision replaces the future
+    assert sched.segments == [(0, 2), (5, 3)]
+    sched.reset()
+    assert sched.segments == [(0, 2), (5, 3)]
+    with pytest.raises(ValueError, match="round 0"):
+        methods.PhaseSchedule([(3, 2)])
+
+
+def test_online_interval_is_from_the_topology_for_tad_only():
+    assert methods.uses_auto_interval("tad", "online")
+    assert not methods.uses_auto_interval("adf", "online")

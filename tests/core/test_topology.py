@@ -203,3 +203,31 @@ def test_bad_n(n: int) -> None:
 def test_bad_seed() -> None:
     with pytest.raises(ValueError, match="seed must be a non-negative integer"):
         tp.graph_process("er", N, -1)
+
+
+def test_a_schedule_draws_each_round_with_its_pieces_p():
+    sched = tp.parse_schedule(" 0:0.5, 60:0.02")
+    assert sched == ((0, 0.5), (60, 0.02))
+    assert tp.p_at(sched, 59) == 0.5 and tp.p_at(sched, 60) == 0.02
+    g = tp.graph_process("er", 10, 3, 0.9, None, sched)
+    assert np.array_equal(g(10), tp.erdos_renyi(10, 3, 10, 0.5))
+    assert np.array_equal(g(70), tp.erdos_renyi(10, 3, 70, 0.02))
+    rhos = tp.segment_rhos("er", 10, 0.9, None, 300, sched)
+    assert [r for r, _ in rhos] == [0, 60] and rhos[0][1] < 0.3 < 0.85 < rhos[1][1]
+    ring = tp.process_rho("ring", 10, samples=1)
+    assert tp.segment_rhos("ring", 10, 0.5, None, 1) == ((0, ring),)
+
+
+@pytest.mark.parametrize(("text", "kind", "message"), [
+    ("0:0.5,60", "er", "'60' is not ROUND:P"),
+    ("0:0.5,x:0.1", "er", "not ROUND:P"),
+    ("0:1.5", "er", r"P in \(0, 1\]"),
+    ("5:0.5", "er", "starts at round 0"),
+    ("0:0.5,60:0.1,60:0.2", "er", "increase"),
+    ("0:0.5", "ring", "use one that has: er, pairs"),
+])
+def test_a_bad_schedule_is_named(text, kind, message):
+    with pytest.raises(ValueError, match=message):
+        tp.parse_schedule(text, kind)
+    assert message.replace("\\", "")[:8] in tp.schedule_problem(text, kind).replace("\\", "")
+    assert tp.schedule_problem("0:0.5", "pairs") is None

@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 from tadlora.core import topology
-from tadlora.runs import config, loop
+from tadlora.runs import build, config, loop
 from tadlora.runs.build import mixing, policy
 from tests.conftest import tiny_run_args
 from tests.runs.test_loop import records
@@ -78,3 +78,15 @@ def test_dropout_on_the_clients_train_the_same_in_any_forward_grouping(tiny_mode
         torch.testing.assert_close(pairs[name], value, atol=1e-6, rtol=1e-5)
     _, other = _trained_state(tiny_model_dir, tmp_path, "run.seed=1")
     assert not all(torch.allclose(other[k], v) for k, v in together.items())
+
+
+def test_auto_with_a_topology_schedule_takes_each_pieces_t_and_online_builds_an_estimate():
+    cfg = config.load(None, ["topology.schedule=0:0.5,30:0.02"])
+    pol, rho = policy(cfg)
+    assert pol.schedule.segments == [(0, 1), (30, 3)] and rho < 0.3
+    assert mixing(cfg)(40).diagonal().mean() > mixing(cfg)(10).diagonal().mean()
+    cfg = config.load(None, ["method.switch_interval=online", "topology.rho_samples=100"])
+    pol, rho = policy(cfg)
+    assert pol.schedule.segments == [(0, 1)] and rho is not None
+    assert build.online(cfg, pol, range(2, 5)).held == range(2, 5)
+    assert build.online(config.load(None, ["method.switch_interval=auto"]), pol, range(3)) is None

@@ -50,7 +50,7 @@ def test_toml_file_then_overrides(tmp_path):
     (["clients.n=0"], "clients.n=0: must be > 0"),
     (["clients.n=2.5"], "expected int"),
     (["topology.p=1.5"], "topology.p=1.5: must be in"),
-    (["method.switch_interval=0"], "integer >= 1 or 'auto'"),
+    (["method.switch_interval=0"], "integer >= 1, auto or online"),
     (["method.switch_interval=sometimes"], "switch_interval"),
     (["data.source=files"], "needs data.path"),
     (["topology.kind=file"], "needs topology.path"),
@@ -86,3 +86,14 @@ def test_shipped_config_loads(path):
 
 def test_configs_are_shipped():
     assert CONFIGS  # the parametrized test above would pass vacuously on a moved folder
+
+
+def test_online_switch_interval_and_a_topology_schedule_are_valid():
+    cfg = config.load(None, ["method.switch_interval=online", "topology.schedule=0:0.5,60:0.02"])
+    assert cfg.method.switch_interval == "online" and cfg.topology.schedule == "0:0.5,60:0.02"
+    with pytest.raises(ConfigError, match="integer >= 1, auto or online"):
+        config.load(None, ["method.switch_interval=sometimes"])
+    with pytest.raises(ConfigError, match=r"topology.schedule='0:0.5,x': piece 'x' is not ROUND:P"):
+        config.load(None, ["topology.schedule=0:0.5,x"])
+    with pytest.raises(ConfigError, match="topology.kind=ring has no edge probability"):
+        config.load(None, ["topology.kind=ring", "topology.schedule=0:0.5"])

@@ -266,3 +266,28 @@ def test_questionable_settings_are_warned(tiny_model_dir, tmp_path):
                          "method.switch_interval=3", "run.rounds=1")
     with pytest.warns(RunWarning, match="switch_interval=3 has no effect on method.name=lora"):
         loop.run(config.load(None, args))
+
+
+ONLINE = ["data.source=synthetic", "clients.n=6", "data.examples_per_client=32",
+          "synthetic.val_per_client=20", "train.local_steps=1", "train.batch_size=4",
+          "run.rounds=70", "run.eval_every=0", "run.progress=false", "topology.rho_samples=200",
+          "method.switch_interval=online", "topology.schedule=0:0.5,20:0.02"]
+
+
+def test_an_online_run_records_its_estimate_and_resumes_to_the_same_metrics(tmp_path,
+                                                                           monkeypatch):
+    """The estimate replays from the graphs on resume (core/estimate.replay): a run cut in
+    round 65, after two decisions, ends with the uninterrupted run's every record."""
+    args = [*ONLINE, f"run.out_dir={tmp_path}", "run.name=full"]
+    full, _ = loop.run(config.load(None, args))
+    rows = records(full)
+    assert rows[0]["rho_estimate"] is None and rows[0]["switch_interval"] == 1
+    assert rows[45]["rho_estimate"] > 0.7 and rows[45]["rho_mc"] > 0.8 > rows[0]["rho_mc"]
+    assert rows[60]["switch_interval"] == 3 and rows[-1]["rho_estimate_spread"] >= 0
+    assert all(0 < sum(r["online_bytes"]) < 0.01 * sum(r["bytes_sent"]) for r in rows[:20])
+    monkeypatch.setattr(local, "run_round", crash_at(65))
+    with pytest.raises(KeyboardInterrupt):
+        loop.run(config.load(None, [*ONLINE, f"run.out_dir={tmp_path}", "run.name=cut"]))
+    monkeypatch.undo()
+    loop.resume(tmp_path / "cut")
+    assert strip_time(records(tmp_path / "cut")) == strip_time(rows)

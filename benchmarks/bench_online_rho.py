@@ -1,0 +1,75 @@
+"""The online estimate of rho (core/estimate.py) against the Monte Carlo rho, for 10 clients.
+
+Prints, per topology: the Monte Carlo rho and oracle T; the clients' mean estimate at several
+warm-up lengths R0 (mean and worst absolute error over seeds); the share of rounds after
+warm-up whose online T equals the oracle T; and the tracking delay under a schedule (the first
+round from which the online T equals the new piece's oracle T).
+
+    .venv/bin/python benchmarks/bench_online_rho.py [--seeds 10] [--rounds 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from tadlora.core import estimate, topology
+from tadlora.core.methods import PhaseSchedule, switch_interval
+
+N = 10
+TOPOLOGIES = (("er", 0.5), ("er", 0.1), ("er", 0.02), ("pairs", 0.5), ("ring", 1.0))
+WARMUPS = (40, 80, 160, 300)
+
+
+def trajectory(mixing, seed: int, rounds: int, c: float = 1.0):
+    """Every round's (mean estimate over clients, T in force the next round)."""
+    sched = PhaseSchedule([(0, estimate.WARMUP_T)])
+    est = estimate.OnlineEstimate(N, seed, c, range(N), sched)
+    out = []
+    for t in range(rounds):
+        estimate.step_all(est, t, mixing(t))
+        out.append((estimate.summary(est.estimates())["rho_estimate"], sched.interval(t + 1)))
+    return out
+
+
+def accuracy(seeds: int, rounds: int) -> None:
+    print("topology | MC rho | oracle T | " + " | ".join(
+        f"R0={r}: mean est (max err)" for r in WARMUPS) + " | online T = oracle T after R0=80")
+    for kind, p in TOPOLOGIES:
+        rho = topology.process_rho(kind, N, p)
+        oracle = switch_interval(rho, 1.0)
+        runs = [trajectory(topology.mixing_process(kind, N, s, p), s, rounds)
+                for s in range(seeds)]
+        cells = []
+        for r0 in WARMUPS:
+            est = np.array([run[r0 - 1][0] for run in runs])
+            cells.append(f"{est.mean():.3f} ({np.abs(est - rho).max():.3f})")
+        same = np.mean([T == oracle for run in runs for _, T in run[80:]])
+        name = kind if kind == "ring" else f"{kind} p={p}"
+        print(f"{name} | {rho:.3f} | {oracle} | " + " | ".join(cells) + f" | {same:.1%}")
+
+
+def tracking(seeds: int) -> None:
+    sched = topology.parse_schedule("0:0.5,60:0.02")
+    new = switch_interval(topology.process_rho("er", N, 0.02), 1.0)
+    delays = []
+    for s in range(seeds):
+        run = trajectory(topology.mixing_process("er", N, s, 0.5, None, sched), s, 200)
+        first = next((t + 1 for t in range(60, 200) if all(T == new for _, T in run[t:])), None)
+        delays.append(None if first is None else first - 60)
+    print(f"schedule 0:0.5,60:0.02: rounds after 60 until the online T is the new oracle T "
+          f"({new}) for good, per seed: {delays}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seeds", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=300)
+    a = ap.parse_args()
+    accuracy(a.seeds, a.rounds)
+    tracking(a.seeds)
+
+
+if __name__ == "__main__":
+    main()
