@@ -1,0 +1,29 @@
+"""switch_interval=online on real peers (gloo, 127.0.0.1): 2 peers give the simulator's
+estimates, spreads and T every round, under a topology.schedule, and its bytes on the wire."""
+
+from tadlora.core import estimate
+from tests.engines.peers import records, tadlora
+from tests.runs.test_loop import ONLINE
+
+SAME = ("round", "phase", "switch_interval", "rho_estimate", "rho_estimate_spread", "rho_mc")
+
+
+def test_two_peers_give_the_simulators_estimates_and_t_under_a_schedule(tmp_path):
+    argv = [*ONLINE, "distributed.timeout_s=30", f"run.out_dir={tmp_path}"]
+    rc, _, err = tadlora("launch", "--peers", "2", *argv, "run.name=peers")
+    assert rc == 0, err
+    rc, _, err = tadlora("run", *argv, "run.name=sim")
+    assert rc == 0, err
+    peers, sim = records(tmp_path / "peers"), records(tmp_path / "sim")
+    assert [{k: r[k] for k in SAME} for r in peers] == [{k: r[k] for k in SAME} for r in sim]
+    assert [r["switch_interval"] for r in peers[59:61]] == [1, 3]  # the change at round 20
+    width = 2 * 2 * 8 * 32 + estimate.WIDTH  # A and B of query and value (r 8, 32), probes
+    for p, s in zip(peers, sim, strict=True):
+        assert abs(p["train_loss"] - s["train_loss"]) < 1e-5
+        # a decision round adds each client's proposal to every other client; otherwise the
+        # estimate's share of a row: WIDTH of its values (the simulator: per neighbour)
+        extra = estimate.decision_bytes(6) if (p["round"] + 1) % estimate.WINDOW == 0 else 0
+        assert [b - extra for b in p["online_bytes"]] == [
+            (b - extra) * estimate.WIDTH // width for b in p["bytes_sent"]]
+        assert [b - extra for b in s["online_bytes"]] == [
+            (b - extra) * estimate.WIDTH // width for b in s["bytes_sent"]]
