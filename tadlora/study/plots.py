@@ -67,7 +67,9 @@ def _by_label(runs: list[dict]) -> dict[str, list[dict]]:
 def _file(out: Path, kind: str, task: str, run: dict | None = None) -> Path:
     """out/<kind>__<task>[__<topology>].png with only safe characters."""
     t = run["cfg"].topology if run else None
-    parts = [kind, task, *([topology_label(t.kind, t.p, t.path, slug=True)] if t else [])]
+    conn = t and (f"{t.kind}-{t.schedule}" if t.schedule else
+                  topology_label(t.kind, t.p, t.path, slug=True))
+    parts = [kind, task, *([conn] if t else [])]
     return out / (re.sub(r"[^A-Za-z0-9._+-]", "_", "__".join(parts)) + ".png")
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..core.methods import DEFAULT_C, switch_interval
 from ..runs.config import ConfigError
-from . import phase
+from . import online, phase
 from .plots import plot_task
 from .results import (
     best_t,
@@ -142,6 +142,7 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None) -> Path:
         lines += ["## Fit over all tasks", "", f"T_best ≈ c / sqrt(1 - rho) over {len(points)} "
                   f"(task, connectivity) points: **c = {c:.3f}**.", ""]
     lines += phase.pages(rows, out)
+    lines += online.pages(rows, out)
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path

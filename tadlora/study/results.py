@@ -56,13 +56,16 @@ def _read_run(d: Path, root: Path) -> dict:
     return {"dir": d, "name": str(d.relative_to(root)), "cfg": cfg, "seed": cfg.run.seed,
             "task": task_label(cfg.data.source, cfg.data.path, cfg.data.task),
             "method": cfg.method.name, "si": cfg.method.switch_interval, "lr": cfg.train.lr,
-            "kind": t.kind, "p": t.p, "connectivity": topology_label(t.kind, t.p, t.path),
+            "kind": t.kind, "p": t.p, "connectivity": f"{t.kind} {t.schedule}" if t.schedule
+            else topology_label(t.kind, t.p, t.path),
             "finished": summary is not None, "final": summary["mean"] if summary else None,
             "T": (summary or {}).get("switch_interval"), "rho": (summary or {}).get("rho"),
             "wall": (summary or {}).get("wall_time_s"),
             "evals": [(m["round"] + 1, m["eval"]["mean"]) for m in metrics if "eval" in m],
             "cross": [(m["round"] + 1, m["cross_term_error"]) for m in metrics
-                      if m.get("cross_term_error") is not None]}
+                      if m.get("cross_term_error") is not None],
+            "online": [(m["round"], m["rho_estimate"], m["rho_estimate_spread"], m.get("rho_mc"),
+                        m["switch_interval"]) for m in metrics if "rho_estimate" in m]}
 
 
 def collect(runs_dir: str | Path) -> list[dict]:
