@@ -53,13 +53,16 @@ def accuracy(seeds: int, rounds: int) -> None:
 def tracking(seeds: int) -> None:
     sched = topology.parse_schedule("0:0.5,60:0.02")
     new = switch_interval(topology.process_rho("er", N, 0.02), 1.0)
-    delays = []
+    old = switch_interval(topology.process_rho("er", N, 0.5), 1.0)
+    moved, settled = [], []
     for s in range(seeds):
         run = trajectory(topology.mixing_process("er", N, s, 0.5, None, sched), s, 200)
+        first = next((t + 1 for t in range(60, 200) if run[t][1] != old), None)
+        moved.append(None if first is None else first - 60)
         first = next((t + 1 for t in range(60, 200) if all(T == new for _, T in run[t:])), None)
-        delays.append(None if first is None else first - 60)
-    print(f"schedule 0:0.5,60:0.02: rounds after 60 until the online T is the new oracle T "
-          f"({new}) for good, per seed: {delays}")
+        settled.append(None if first is None else first - 60)
+    print(f"schedule 0:0.5,60:0.02 (oracle T {old} -> {new}), per seed, rounds after 60 until "
+          f"the online T leaves {old}: {moved}; until it is {new} to round 200: {settled}")
 
 
 def main() -> None:
