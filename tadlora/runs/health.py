@@ -53,7 +53,11 @@ def questionable(cfg: Config) -> list[str]:
     if cfg.clients.n == 1:
         out.append("clients.n=1: one client has no peers, so this is plain local fine-tuning "
                    "(no federation); use clients.n >= 2 to federate")
-    if cfg.method.switch_interval != "auto" and not uses_interval(cfg.method.name):
+    si = cfg.method.switch_interval
+    if si == "online" and not methods.uses_auto_interval(cfg.method.name, si):
+        out.append(f"method.switch_interval=online has no effect on method.name="
+                   f"{cfg.method.name}: only tad takes its T from the topology; remove it")
+    elif si not in ("auto", "online") and not uses_interval(cfg.method.name):
         out.append(f"method.switch_interval={cfg.method.switch_interval} has no effect on "
                    f"method.name={cfg.method.name} (it does not switch on a chosen interval; "
                    "only tad and adf do): remove it")

@@ -13,7 +13,7 @@ from tadlora.engines import local
 from tadlora.runs import config, loop
 from tadlora.runs.checkpoint import CheckpointError
 from tadlora.runs.config import ConfigError
-from tadlora.runs.health import NonFiniteError, RunWarning
+from tadlora.runs.health import NonFiniteError, RunWarning, questionable
 from tests.conftest import tiny_run_args
 from tests.runs.test_checkpoint import flip_a_byte_of_tensor_data
 
@@ -266,6 +266,9 @@ def test_questionable_settings_are_warned(tiny_model_dir, tmp_path):
                          "method.switch_interval=3", "run.rounds=1")
     with pytest.warns(RunWarning, match="switch_interval=3 has no effect on method.name=lora"):
         loop.run(config.load(None, args))
+    assert "only tad takes" in questionable(config.load(None, ["method.name=adf",
+                                                               "method.switch_interval=online"]))[0]
+    assert questionable(config.load(None, ["method.switch_interval=online"])) == []
 
 
 ONLINE = ["data.source=synthetic", "clients.n=6", "data.examples_per_client=32",
