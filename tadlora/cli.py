@@ -95,6 +95,7 @@ def cmd_peer(ns: argparse.Namespace) -> int:
 
 def cmd_topology(ns: argparse.Namespace) -> None:
     from .core import methods, topology
+    from .runs import build
 
     cfg = _config(ns.args)
     t = cfg.topology
@@ -107,6 +108,10 @@ def cmd_topology(ns: argparse.Namespace) -> None:
     auto = (methods.switch_interval(s.rho, cfg.method.c) if s.rho < 1.0
             else "none (the graph never mixes)")
     print(f"auto T (c={cfg.method.c:g})  {auto}")
+    if t.schedule:  # the stats above are topology.p's; auto follows each piece's rho
+        for start, rho in build.segment_rhos(cfg):
+            print(f"from round {start}: rho {rho:.4f}, auto T "
+                  f"{methods.switch_interval(rho, cfg.method.c) if rho < 1 else 'none'}")
 
 
 def cmd_export(ns: argparse.Namespace) -> None:

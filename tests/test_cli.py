@@ -36,6 +36,13 @@ def test_cli_topology_auto_interval(tmp_path, capsys):
     assert "rho            1.0000" in out and "auto T (c=1)  none (the graph never mixes)" in out
 
 
+def test_cli_topology_prints_each_schedule_pieces_rho_and_auto_t(capsys):
+    assert cli.main(["topology", "topology.schedule=0:0.5,60:0.02"]) == 0
+    out = capsys.readouterr().out
+    assert "from round 0: rho 0.15" in out and "from round 60: rho 0.91" in out
+    assert out.rstrip().endswith("auto T 3")
+
+
 def test_launch_refuses_more_peers_than_clients(tmp_path, capsys):
     assert cli.main(["launch", "--peers", "5", "clients.n=4", f"run.out_dir={tmp_path}"]) == 2
     assert "every peer needs at least one client" in capsys.readouterr().err
