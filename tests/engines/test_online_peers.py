@@ -1,5 +1,8 @@
-"""switch_interval=online on real peers (gloo, 127.0.0.1): 2 peers give the simulator's
-estimates, spreads and T every round, under a topology.schedule, and its bytes on the wire."""
+"""switch_interval=online on real peers (gloo, 127.0.0.1): 2 peers (all_gather) and 3 (p2p)
+give the simulator's estimates, spreads and T every round, under a topology.schedule, and the
+estimate's bytes on the wire."""
+
+import pytest
 
 from tadlora.core import estimate
 from tests.engines.peers import records, tadlora
@@ -8,9 +11,11 @@ from tests.runs.test_loop import ONLINE
 SAME = ("round", "phase", "switch_interval", "rho_estimate", "rho_estimate_spread", "rho_mc")
 
 
-def test_two_peers_give_the_simulators_estimates_and_t_under_a_schedule(tmp_path):
+@pytest.mark.parametrize(("peers", "mode"), [(2, "all_gather"), (3, "p2p")])
+def test_peers_give_the_simulators_estimates_and_t_under_a_schedule(tmp_path, peers, mode):
     argv = [*ONLINE, "distributed.timeout_s=30", f"run.out_dir={tmp_path}"]
-    rc, _, err = tadlora("launch", "--peers", "2", *argv, "run.name=peers")
+    rc, _, err = tadlora("launch", "--peers", str(peers), *argv, "run.name=peers",
+                         f"distributed.mode={mode}")
     assert rc == 0, err
     rc, _, err = tadlora("run", *argv, "run.name=sim")
     assert rc == 0, err
