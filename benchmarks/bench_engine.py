@@ -203,7 +203,8 @@ def main() -> None:
 
     for label, extra in (("default run", []), ("paper ratio (K=20, batch 8)", PAPER)):
         per_round, per_eval, precision = round_time([*base, *extra])
-        line = f"5. {label} ({precision}): {per_round:.2f} s per round, {per_eval:.1f} s per evaluation"
+        line = (f"5. {label} ({precision}): {per_round:.2f} s per round, {per_eval:.1f} s per "
+                "evaluation")
         if extra:
             total = 150 * per_round + 15 * per_eval
             line += f"; 150 rounds evaluated every 10: {total / 60:.1f} min"

@@ -81,7 +81,10 @@ class LoRALinear(_Stacked):
         y = self.base(x)
         a, b = self.A[self.clients], self.B[self.clients]  # (g, r, d_in), (g, d_out, r)
         lay, x = packing.current(), self.dropout(x)
-        rows = lay.to_clients(x.reshape(-1, x.shape[-1])) if lay is not None else self._group(x, a.shape[0])
+        if lay is not None:
+            rows = lay.to_clients(x.reshape(-1, x.shape[-1]))
+        else:
+            rows = self._group(x, a.shape[0])
         delta = torch.bmm(torch.bmm(rows, a.transpose(1, 2)), b.transpose(1, 2))  # (g, m, d_out)
         if lay is not None:
             delta = lay.from_clients(delta)

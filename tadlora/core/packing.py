@@ -1,21 +1,20 @@
 """Padding out of the hot path: a padded batch runs through the model as one row of real tokens.
 
 `logits(model, batch, groups)` is the one way a batch goes through a model. For a transformers
-encoder that `prepare` has checked, the batch's real tokens are packed into a single row
-(1, T) with T = sum of the lengths, not B x L: every linear layer (frozen base and LoRA),
-LayerNorm, activation and dropout then touches real tokens only. Attention, the one operation
-that needs the sequences apart, runs per client with that client's sequences padded to its own
-longest one (PyTorch SDPA in evaluation; matmul, softmax and the client's dropout stream in
-training). A hook on the encoder hands the classifier the first token of every sequence, which
-is what BERT-style heads pool. The batch keeps the examples it had: only padding goes.
+encoder that `prepare` has checked, the batch's real tokens are packed into one row (1, T),
+T = sum of the lengths, not B x L: every linear layer (frozen and LoRA), LayerNorm, activation
+and dropout touches real tokens only. Attention, the one operation that needs the sequences
+apart, runs per client on its sequences padded to its longest one (SDPA without dropout;
+matmul, softmax and the client's dropout stream with it). A hook on the encoder hands the
+classifier every sequence's first token, what BERT-style heads pool. Batches keep their examples.
 
-`prepare` registers this attention with transformers' AttentionInterface and keeps it only if
-the packed model reproduces its padded logits on a sample batch (checking the position-id
-convention, BERT's 0.. or RoBERTa's padding_idx + 1..); other models run padded batches.
-"""
+`prepare` registers this attention with transformers' AttentionInterface and keeps it if the
+packed model reproduces its padded logits on a sample batch (with BERT's position ids 0.. or
+RoBERTa's padding_idx + 1..); other models run padded batches."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -38,11 +37,10 @@ TOLERANCE = 1e-4  # packed vs padded logits of the check in prepare (fp32)
 
 @dataclass
 class Layout:
-    """Where sequences and clients sit in one packed row: sequence s holds tokens
-    starts[s]:starts[s] + lengths[s]; client c holds sequences c*b:(c+1)*b and tokens
+    """Where sequences and clients sit in one packed row: sequence s starts at token
+    starts[s]; client c holds sequences c*b:(c+1)*b and tokens
     token_starts[c]:token_starts[c + 1]."""
 
-    lengths: torch.Tensor  # (B,) int64
     starts: torch.Tensor  # (B,) int64
     groups: int
     token_starts: list[int]  # (g + 1,)
@@ -54,7 +52,7 @@ class Layout:
 
     @property
     def tokens(self) -> list[int]:
-        return [b - a for a, b in zip(self.token_starts, self.token_starts[1:])]
+        return np.diff(self.token_starts).tolist()
 
     @property
     def even(self) -> bool:
@@ -123,9 +121,10 @@ def layout(lengths: torch.Tensor, groups: int) -> Layout:
     token_starts = [0, *np.cumsum(counts).tolist()]
     t_max = max(counts)
     slot = torch.arange(t_max)
-    gather = torch.cat([torch.clamp(slot, max=n - 1) + s for s, n in zip(token_starts, counts)])
+    gather = torch.cat([torch.clamp(slot, max=n - 1) + s
+                        for s, n in zip(token_starts, counts, strict=False)])
     scatter = torch.cat([torch.arange(n) + c * t_max for c, n in enumerate(counts)])
-    return Layout(lengths, starts, groups, token_starts, gather, scatter, t_max,
+    return Layout(starts, groups, token_starts, gather, scatter, t_max,
                   [Block.of(lengths[c * b:(c + 1) * b]) for c in range(groups)],
                   Block.of(lengths))
 
@@ -133,13 +132,12 @@ def layout(lengths: torch.Tensor, groups: int) -> Layout:
 _current: ContextVar[Layout | None] = ContextVar("tadlora_layout", default=None)
 
 
-def current() -> Layout | None:
-    """The layout of the packed forward running now, or None (a padded forward)."""
+def current() -> Layout | None:  # the packed forward's layout, or None (a padded forward)
     return _current.get()
 
 
 @contextmanager
-def packed(lay: Layout) -> Iterator[Layout]:
+def packed(lay: Layout) -> Iterator[Layout]:  # forwards in this block run `lay`
     token = _current.set(lay)
     try:
         yield lay
@@ -147,7 +145,7 @@ def packed(lay: Layout) -> Iterator[Layout]:
         _current.reset(token)
 
 
-def _client_attention(q, k, v, block: Block, st: dropout.Streams | None, p: float,
+def _block_attention(q, k, v, block: Block, st: dropout.Streams | None, p: float,
                       scale: float | None) -> torch.Tensor:
     """Attention of a block of sequences: q, k, v are their tokens (t, H, dh). With streams
     (one client's), dropout draws the client's mask (b, H, L_c, L_c) from its stream; without,
@@ -175,16 +173,15 @@ def attention(module, query, key, value, attention_mask, dropout=0.0, scaling=No
     st = _streams()
     tokens = [x[0].transpose(0, 1) for x in (query, key, value)]  # (T, H, dh), contiguous
     if dropout == 0 or st is None:  # no masks to draw per client: one batched attention
-        out = _client_attention(*tokens, lay.whole, None, dropout, scaling)
+        out = _block_attention(*tokens, lay.whole, None, dropout, scaling)
         return out.unsqueeze(0), None
     parts = zip(*(x.split(lay.tokens) for x in tokens), strict=True)
-    out = torch.cat([_client_attention(q, k, v, lay.blocks[c], st.client(c), dropout, scaling)
+    out = torch.cat([_block_attention(q, k, v, lay.blocks[c], st.client(c), dropout, scaling)
                      for c, (q, k, v) in enumerate(parts)])
     return out.unsqueeze(0), None  # (T, H, dh) -> (1, T, H, dh)
 
 
-def _mask(*args, **kwargs):
-    """transformers mask function: none for packed forwards (attention masks per client)."""
+def _mask(*args, **kwargs):  # transformers mask function: none for packed forwards
     if current() is not None:
         return None
     from transformers.masking_utils import sdpa_mask
@@ -281,7 +278,10 @@ def prepare(model: nn.Module, sample: dict[str, torch.Tensor]) -> bool:
         return False
     previous = config._attn_implementation
     _register()
-    model.set_attn_implementation(IMPLEMENTATION)
+    try:
+        model.set_attn_implementation(IMPLEMENTATION)
+    except (ValueError, ImportError, NotImplementedError):  # this model cannot take it
+        return False
     hook = encoder.register_forward_hook(_first_tokens)
     training = model.training
     model.eval()
@@ -292,6 +292,9 @@ def prepare(model: nn.Module, sample: dict[str, torch.Tensor]) -> bool:
     if found is None:
         hook.remove()
         model.set_attn_implementation(previous)
+        warnings.warn(f"{type(model).__name__} does not give its padded logits when packed "
+                      "(core/packing.py); it runs padded batches, correct but slower",
+                      RuntimeWarning, stacklevel=2)
         return False
     setattr(model, OFFSET_ATTR, found)
     return True

@@ -4,6 +4,7 @@ dropout streams make a client's masks independent of its forward group."""
 from contextlib import contextmanager
 
 import numpy as np
+import pytest
 import torch
 
 from tadlora.core import dropout, lora, packing
@@ -142,7 +143,8 @@ def test_evaluation_packed_and_in_token_sized_groups_equals_the_padded_one():
     from tadlora.data.text import Encoded
 
     batch = ragged(40, seed=3)
-    ids = [row[m.bool()].tolist() for row, m in zip(batch["input_ids"], batch["attention_mask"])]
+    ids = [row[m.bool()].tolist() for row, m in zip(batch["input_ids"], batch["attention_mask"],
+                                                   strict=True)]
     enc = Encoded(ids, [[0] * len(i) for i in ids], torch.arange(40) % 2)
     val = evaluate.EvalSet(enc, 0, 16)
     dev = torch.device("cpu")
@@ -164,3 +166,11 @@ def test_off_the_cpu_each_client_draws_on_the_device_from_its_own_generator():
     alone, _ = dropout.Streams.from_seeds([6]).device_keep([2000], 100, 0.25, cpu)
     assert torch.equal(alone, both[3000:]) and not torch.equal(both[:2000], alone)
     assert abs(float(both.float().mean()) - 0.75) < 0.005 and scale == 1 / 0.75
+
+
+def test_a_model_whose_packed_logits_differ_is_warned_and_stays_padded(monkeypatch):
+    monkeypatch.setattr(packing, "_reproduces", lambda model, sample, offset: False)
+    model = stacked_bert(prepare=False)
+    with pytest.warns(RuntimeWarning, match="runs padded batches"):
+        assert not packing.prepare(model, ragged(4))
+    assert model.config._attn_implementation != packing.IMPLEMENTATION
