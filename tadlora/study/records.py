@@ -4,8 +4,8 @@ study/records/). `tadlora keep RUNS_DIR DEST` writes one for every finished run 
 
 - config.toml, the resolved config, as the run wrote it;
 - summary.json, as the run wrote it;
-- metrics.jsonl: the evaluated rounds whole, and of every other round its phase, train loss
-  and cross-term error (what the report plots), to 5 significant digits.
+- metrics.jsonl: the evaluated rounds whole, and of every other round what the report plots
+  (phase, T, train loss, cross-term error, the online rho estimate), to 5 significant digits.
 
 No checkpoints, no per-client training losses. A record is a run directory to the report.
 """
@@ -21,7 +21,8 @@ from ..runs.rundir import CONFIG, METRICS, SUMMARY, RunDir
 
 __all__ = ["SLIM", "compact_metrics", "keep", "add_parser"]
 
-SLIM = ("round", "phase", "train_loss", "cross_term_error")
+SLIM = ("round", "phase", "switch_interval", "train_loss", "cross_term_error", "rho_estimate",
+        "rho_estimate_spread", "rho_mc")  # what the report reads of a round (those present)
 
 
 def _short(value):
