@@ -140,6 +140,12 @@ def policy(cfg: Config) -> tuple[methods.Joint, float | None]:
     """The method's policy and, when it was needed (switch_interval=auto or online), the rho of
     the topology's first piece. auto with a topology.schedule: T per piece, from its rho;
     online: T from the estimate (core/estimate.py), WARMUP_T until its first decision."""
+    pol, rhos = _policy(cfg)
+    return pol, (rhos[0][1] if rhos else None)
+
+
+def _policy(cfg: Config) -> tuple[methods.Joint, tuple[tuple[int, float], ...]]:
+    """policy, with every piece's (first round, rho) when they were needed (else ())."""
     rhos: list[tuple[int, float]] = []
     si, c = cfg.method.switch_interval, cfg.method.c
 
@@ -155,7 +161,7 @@ def policy(cfg: Config) -> tuple[methods.Joint, float | None]:
         pieces = [(0, estimate.WARMUP_T)] if si == "online" else [
             (r, methods.switch_interval(rho, c)) for r, rho in rhos]
         pol = replace(pol, schedule=methods.PhaseSchedule(pieces))
-    return pol, (rhos[0][1] if rhos else None)
+    return pol, tuple(rhos)
 
 
 def online(cfg: Config, pol: methods.Joint, clients: range) -> estimate.OnlineEstimate | None:
@@ -279,12 +285,12 @@ def build(cfg: Config, clients: range | None = None) -> Experiment:
         packing.prepare(model, {k: v.to(dev) for k, v in task.sample.items()})
     spec = local_spec(cfg, dev)
     cast_frozen(model, spec.precision)
-    pol, rho = policy(cfg)
+    pol, rhos = _policy(cfg)  # the Monte Carlo rho of each piece, once
     fed = Federation(model=model, optimizer=train.make_optimizer(model, cfg.train.lr,
                                                                  cfg.train.weight_decay),
                      policy=pol, mixing=mixing(cfg), make_batch=task.make_batch,
                      clients=clients, seed=cfg.run.seed, local=spec,
                      online=online(cfg, pol, clients),
-                     rho_segments=segment_rhos(cfg) if getattr(pol, "schedule", None) else ())
+                     rho_segments=rhos if getattr(pol, "schedule", None) else ())
     return Experiment(cfg=cfg, fed=fed, val=task.val, label_counts=task.label_counts,
-                      label_names=task.label_names, rho=rho)
+                      label_names=task.label_names, rho=rhos[0][1] if rhos else None)
