@@ -12,8 +12,9 @@ the default run's settings):
   3. the real-token FLOP rate of training (the model's matmul FLOPs per real token, forward and
      the backward LoRA needs, attention at the real lengths) over the rate of dense GEMMs of the
      model's shapes (T x 384 x 1536 and back) measured in the same run, same precision;
-  4. evaluation examples/s per client: before-style (padded batches, frozen weights cast at
-     every call) and now;
+  4. evaluation examples/s per client: this code run padded, every client in one forward,
+     frozen weights cast at every call (the old evaluation's settings; the old code itself,
+     measured from a worktree, was slower still: benchmarks/RESULTS.md) and now;
   5. wall time per round of the default run and of the paper-ratio setting (20 local steps,
      batch 8, 10 clients), with one evaluation each, and the projected time of a 150-round
      run of the latter evaluated every 10 rounds.
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -125,17 +127,23 @@ def gemm_rate(tokens: int, hidden: int, inner: int, precision: str) -> float:
     return n * 2 * 2 * tokens * hidden * inner / seconds
 
 
-def before_style(exp: runner.Experiment) -> None:
+@contextmanager
+def before_style(exp: runner.Experiment):
     """Undo packing, the bf16 weight copies and the token-sized client groups: the evaluation
     as it was before the fast engine (length-sorted padded batches, every client in one
-    forward, frozen weights cast at every call, a LoRA layer's input cast once per product)."""
-    evaluate.EVAL_TOKENS = 1 << 40
-    lora.autocast_input = lambda x: x
+    forward, frozen weights cast at every call, a LoRA layer's input cast once per product).
+    The module settings come back afterwards (`exp`'s model stays before-style)."""
+    tokens, cast = evaluate.EVAL_TOKENS, lora.autocast_input
+    evaluate.EVAL_TOKENS, lora.autocast_input = 1 << 40, lambda x: x
     if hasattr(exp.fed.model, packing.OFFSET_ATTR):
         delattr(exp.fed.model, packing.OFFSET_ATTR)
     for p in exp.fed.model.parameters():
         if not p.requires_grad and p.dtype == torch.bfloat16:
             p.data = p.data.float()
+    try:
+        yield
+    finally:
+        evaluate.EVAL_TOKENS, lora.autocast_input = tokens, cast
 
 
 def eval_rate(exp: runner.Experiment) -> float:
@@ -196,10 +204,10 @@ def main() -> None:
               f"{flops / fast / 1e9:.1f} / {rate / 1e9:.1f} GFLOP/s = {flops / fast / rate:.3f}")
 
     now = eval_rate(exp)
-    before_style(exp)
-    before = eval_rate(exp)
-    print(f"4. evaluation, examples/s per client: before-style {before:.1f}, now {now:.1f} "
-          f"({now / before:.2f}x)")
+    with before_style(exp):
+        before = eval_rate(exp)
+    print(f"4. evaluation, examples/s per client: padded, all clients per forward {before:.1f}, "
+          f"now {now:.1f} ({now / before:.2f}x)")
 
     for label, extra in (("default run", []), ("paper ratio (K=20, batch 8)", PAPER)):
         per_round, per_eval, precision = round_time([*base, *extra])
