@@ -69,6 +69,9 @@ class Liveness:
         """Tell the others (best effort) why this peer leaves, so they need not time out."""
         try:
             self.store.set(f"exit/{self.rank}", why)
+            # a TCPStore set is not answered: a query on the same connection makes sure the
+            # store has it before this peer goes (and before another peer looks)
+            self.store.check([f"exit/{self.rank}"])
         except Exception:
             pass
 
