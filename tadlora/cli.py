@@ -63,21 +63,36 @@ def _peer_config(ns: argparse.Namespace) -> Config:
     return resumable_config(Path(ns.resume), _resume_overrides(ns.args))
 
 
+def _change(ns: argparse.Namespace):
+    from .core.membership import Change
+
+    if (ns.rejoin or ns.depart) and not ns.resume:
+        raise ConfigError("--rejoin and --depart change a resumed run: add --resume RUN_DIR")
+    try:
+        depart = tuple(int(c) for c in ns.depart.split(",")) if ns.depart else ()
+    except ValueError:
+        raise ConfigError(f"--depart {ns.depart!r}: give client ids, e.g. --depart 2,3") from None
+    return Change(depart, ns.rejoin)
+
+
 def cmd_launch(ns: argparse.Namespace) -> int:
     from .engines.exchange import client_slices
     from .engines.launch import launch
 
     cfg = _peer_config(ns)
+    _change(ns)
     client_slices(cfg.clients.n, ns.peers)  # fails early when there are too few clients
     health.check_device(cfg)
-    out = launch(ns.peers, ns.args, cfg.distributed.timeout_s, cfg.run.out_dir,
-                 Path(ns.resume) if ns.resume else None)
+    d = cfg.distributed
+    out = launch(ns.peers, ["--rejoin", *ns.args] if ns.rejoin else ns.args, d.timeout_s,
+                 cfg.run.out_dir, Path(ns.resume) if ns.resume else None, d.on_peer_loss,
+                 cfg.clients.n)
     for problem in out.problems:
         print(f"tadlora launch: {problem}", file=sys.stderr)
     if out.code == 3:
         where = out.directory or "RUN_DIR"
         print(f"tadlora launch: the peers stopped; every finished round is in the checkpoint: "
-              f"continue with `tadlora launch --peers {ns.peers} --resume {where}`",
+              f"continue with `tadlora launch --peers {out.peers} --resume {where}`",
               file=sys.stderr)
     if out.code:
         return out.code
@@ -90,7 +105,11 @@ def cmd_launch(ns: argparse.Namespace) -> int:
 def cmd_peer(ns: argparse.Namespace) -> int:
     from .runs import peer
 
-    return peer.main(_peer_config(ns), Path(ns.resume) if ns.resume else None)
+    change = _change(ns)
+    if not ns.resume:
+        ns.resume = peer.restarted_run(_config(ns.args))
+        ns.args = [] if ns.resume else ns.args
+    return peer.main(_peer_config(ns), Path(ns.resume) if ns.resume else None, change)
 
 
 def cmd_topology(ns: argparse.Namespace) -> None:
@@ -139,11 +158,17 @@ def parser() -> argparse.ArgumentParser:
                         usage=f"tadlora launch --peers N {over} | --peers N --resume RUN_DIR")
     la.add_argument("--peers", type=int, required=True, help="number of peer processes")
     la.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped distributed run")
+    la.add_argument("--rejoin", action="store_true",
+                    help="with --resume: clients that departed with a lost peer take part again")
     la.add_argument("args", nargs="*", help=argparse.SUPPRESS)
+    la.set_defaults(depart="")
     la.set_defaults(func=cmd_launch)
     pe = sub.add_parser("peer", help="one peer process (under torchrun or tadlora launch)",
                         usage=f"torchrun ... -m tadlora.cli peer {over}")
     pe.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped distributed run")
+    pe.add_argument("--rejoin", action="store_true",
+                    help="with --resume: clients that departed with a lost peer take part again")
+    pe.add_argument("--depart", default="", help=argparse.SUPPRESS)  # the launcher's: 2,3
     pe.add_argument("args", nargs="*", help=argparse.SUPPRESS)
     pe.set_defaults(func=cmd_peer)
     e = sub.add_parser("export", help="write one client's adapter in peft's format")

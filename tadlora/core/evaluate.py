@@ -116,11 +116,18 @@ def in_slot(model: nn.Module, values: dict[str, torch.Tensor], slot: int = 0) ->
                 tensors[k][slot] = v
 
 
-def averaged(model: nn.Module, slot: int = 0):
-    """`in_slot` with the client-average of every per-client tensor: the averaged adapter."""
+def averaged(model: nn.Module, slot: int = 0, present: list[int] | None = None):
+    """`in_slot` with the client-average (over `present`, default all) of every per-client
+    tensor: the averaged adapter."""
     with torch.no_grad():
-        mean = {k: t.mean(0) for k, t in lora.state(model).items()}
+        mean = {k: (t if present is None else t[present]).mean(0)
+                for k, t in lora.state(model).items()}
     return in_slot(model, mean, slot)
+
+
+def present(n: int, gone: frozenset[int]) -> list[int]:
+    """The clients of 0..n-1 that have not departed (core/membership.py)."""
+    return [c for c in range(n) if c not in gone]
 
 
 def summarize(acc: np.ndarray) -> dict[str, float]:
@@ -129,9 +136,13 @@ def summarize(acc: np.ndarray) -> dict[str, float]:
             "min": float(acc.min()), "max": float(acc.max())}
 
 
-def report(acc: np.ndarray, averaged_acc: float, loss: np.ndarray) -> dict:
+def report(acc: np.ndarray, averaged_acc: float, loss: np.ndarray,
+           gone: frozenset[int] = frozenset()) -> dict:
     """The evaluation record of a round: per-client accuracies, their aggregates, the averaged
-    adapter's accuracy, and the clients' validation cross-entropy (each and mean)."""
-    return {"client_acc": acc.round(5).tolist(), **summarize(acc),
-            "averaged_adapter_acc": float(averaged_acc),
-            "client_val_loss": loss.round(6).tolist(), "val_loss": float(loss.mean())}
+    adapter's accuracy, and the clients' validation cross-entropy (each and mean). Departed
+    clients (`gone`) are evaluated as they left, listed, and kept out of the aggregates."""
+    here = present(len(acc), gone)
+    out = {"client_acc": acc.round(5).tolist(), **summarize(acc[here]),
+           "averaged_adapter_acc": float(averaged_acc),
+           "client_val_loss": loss.round(6).tolist(), "val_loss": float(loss[here].mean())}
+    return {**out, "departed": sorted(gone)} if gone else out

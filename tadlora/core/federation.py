@@ -14,8 +14,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import dropout, lora, train
+from . import dropout, lora, membership, train
 from .estimate import OnlineEstimate, replay
+from .membership import Departures
 from .methods import Joint, phase_name
 
 MakeBatch = Callable[[int, int, slice], dict[str, torch.Tensor]]  # (round, step, clients)
@@ -36,10 +37,23 @@ class Federation:
     local: train.LocalSpec
     online: OnlineEstimate | None = None  # switch_interval=online: the held clients' estimate
     rho_segments: tuple[tuple[int, float], ...] = ()  # (first round, Monte Carlo rho): records
+    departures: Departures = ()  # clients that left with a lost peer (core/membership.py)
 
     @property
     def n_clients(self) -> int:
         return len(self.clients)
+
+    def departed(self, t: int) -> frozenset[int]:
+        return membership.departed(self.departures, t)
+
+    def weights(self, t: int) -> np.ndarray:
+        """The method's mixing weights for round t, without the departed clients."""
+        return membership.without(self.policy.weights(self.mixing(t)), self.departed(t))
+
+    def frozen(self, t: int):
+        """A context in which round t may run: the departed clients held come out unchanged."""
+        rows = [c - self.clients.start for c in sorted(self.departed(t)) if c in self.clients]
+        return membership.frozen(self.model, self.optimizer, rows)
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Checkpoint form: every per-client tensor, and the AdamW state as named tensors."""
@@ -87,7 +101,7 @@ def prepare_round(fed: Federation, t: int) -> None:
     """Trainable flags, optimizer-state policy, the round's learning rate and dropout seed.
     A resumed run with an online estimate first replays it to round t (core/estimate.replay)."""
     if fed.online is not None:
-        replay(fed.online, t, lambda r: fed.policy.weights(fed.mixing(r)))
+        replay(fed.online, t, fed.weights)
     params = train.set_trainable(fed.model, trained_kinds(fed.policy, t))
     switched = t > 0 and fed.policy.trainable(t) != fed.policy.trainable(t - 1)
     if train.OPTIMIZER_STATES[fed.local.optimizer_state](switched):
@@ -97,12 +111,15 @@ def prepare_round(fed: Federation, t: int) -> None:
 
 
 def local_training(fed: Federation, t: int) -> np.ndarray:
-    """Round t's local steps for the clients held; each client's mean training loss."""
+    """Round t's local steps for the clients held; each client's mean training loss (NaN for
+    a departed client: run inside `fed.frozen(t)`, which undoes its steps)."""
     def batch(k: int, clients: slice) -> dict[str, torch.Tensor]:
         seeds = dropout.client_seeds(fed.seed, t, k, fed.clients[clients])
         return {**fed.make_batch(t, k, clients), "dropout_seeds": torch.tensor(seeds)}
 
-    return train.local_round(fed.model, fed.optimizer, batch, fed.n_clients, fed.local)
+    losses = train.local_round(fed.model, fed.optimizer, batch, fed.n_clients, fed.local)
+    losses[[c - fed.clients.start for c in fed.departed(t) if c in fed.clients]] = np.nan
+    return losses
 
 
 def applied_to_factors(w: torch.Tensor, kinds: frozenset[str]) -> tuple[torch.Tensor, ...]:
@@ -112,10 +129,17 @@ def applied_to_factors(w: torch.Tensor, kinds: frozenset[str]) -> tuple[torch.Te
 
 
 def round_record(fed: Federation, t: int, losses: np.ndarray) -> dict:
-    """The start of round t's metrics record (both engines add the mixing's numbers)."""
+    """The start of round t's metrics record (both engines add the mixing's numbers); `losses`
+    of every client, a departed one's loss null (and not in train_loss)."""
+    gone = fed.departed(t)
+    here = np.array([c not in gone for c in range(len(losses))])
     record = {"round": t, "phase": phase_name(fed.policy, t),
               "switch_interval": fed.policy.interval_at(t),
-              "train_loss": float(losses.mean()), "client_loss": losses.round(5).tolist()}
+              "train_loss": float(losses[here].mean()),
+              "client_loss": [x if ok else None for x, ok in zip(losses.round(5).tolist(), here,
+                                                                 strict=True)]}
+    if gone:
+        record["departed"] = sorted(gone)
     if fed.rho_segments:
         record["rho_mc"] = next(rho for r, rho in reversed(fed.rho_segments) if r <= t)
     return record

@@ -65,19 +65,20 @@ def run_round(fed: Federation, net: Net, t: int) -> dict | None:
     """One round on this peer; rank 0 returns the round's record, the others None."""
     net.live.at(t)
     prepare_round(fed, t)
-    t0 = time.perf_counter()
-    losses = local_training(fed, t)
-    compute = time.perf_counter() - t0
-    faults.maybe_die(net.rank, t)
-    kinds = mixed_kinds(fed.policy, t)
-    w = fed.policy.weights(fed.mixing(t)) if kinds else np.eye(net.n)
-    fac = lora.factors(fed.model)
-    wait = net.live.guard(lambda: net.live.barrier(f"x{t}"))
-    t1 = time.perf_counter()
-    got = _exchange(fed, net, t, kinds, w, fac)
-    pre = records.diagnostic_rows(net, fac, kinds)
-    decided = _apply(fed, net, t, fac, kinds, w, got)
-    transfer = time.perf_counter() - t1
+    with fed.frozen(t):
+        t0 = time.perf_counter()
+        losses = local_training(fed, t)
+        compute = time.perf_counter() - t0
+        faults.maybe_die(net.rank, t)
+        kinds = mixed_kinds(fed.policy, t)
+        w = fed.weights(t) if kinds else np.eye(net.n)
+        fac = lora.factors(fed.model)
+        wait = net.live.guard(lambda: net.live.barrier(f"x{t}"))
+        t1 = time.perf_counter()
+        got = _exchange(fed, net, t, kinds, w, fac)
+        pre = records.diagnostic_rows(net, fac, kinds)
+        decided = _apply(fed, net, t, fac, kinds, w, got)
+        transfer = time.perf_counter() - t1
     times = [compute, wait, transfer]
     record = records.report(fed, net, t, losses, times, got, pre, kinds, w)
     return record if fed.online is None else _online_record(fed, net, t, record, got, decided)
@@ -196,10 +197,12 @@ def evaluation(fed: Federation, net: Net, t: int, val: EvalSet) -> dict | None:
     every = gather_named(net, lora.state(fed.model), t)
     if every is None:
         return None
-    with evaluate.in_slot(fed.model, {k: x.mean(0) for k, x in every.items()}):
+    gone = fed.departed(t)
+    here = evaluate.present(net.n, gone)
+    with evaluate.in_slot(fed.model, {k: x[here].mean(0) for k, x in every.items()}):
         avg = evaluate.accuracies(fed.model, val, 1, spec.precision, spec.device)
     a = both[:, 0].numpy().astype(acc.dtype)  # float32, as the simulator reports it
-    return evaluate.report(a, avg[0], both[:, 1].numpy())
+    return evaluate.report(a, avg[0], both[:, 1].numpy(), gone)
 
 
 @dataclass

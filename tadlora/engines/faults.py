@@ -1,7 +1,9 @@
 """Fault injection for tests of the distributed engine: TADLORA_FAULT="kind:rank:round,..."
 with kind nan (a NaN in what the rank sends), big (what it sends times 1e6), shape (a payload
 one column too wide), kill (SIGKILL before the exchange), hang (SIGSTOP before the exchange)
-or raise (an exception with 100 lines of C++-like frames, before the exchange)."""
+or raise (an exception with 100 lines of C++-like frames, before the exchange). Faults fire in
+a group's first start only, so a restarted group (on_peer_loss=continue, torchrun
+--max-restarts) runs clean."""
 
 from __future__ import annotations
 
@@ -14,6 +16,9 @@ FAULT_ENV = "TADLORA_FAULT"
 
 
 def _fault(kind: str, rank: int, t: int) -> bool:
+    """Whether the fault is due; only in a group's first start (not after a restart)."""
+    if os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
+        return False
     return f"{kind}:{rank}:{t}" in os.environ.get(FAULT_ENV, "").split(",")
 
 

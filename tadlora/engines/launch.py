@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
+from .exchange import client_slices
 from .liveness import AGENT_STORE_ENV, ROUND_KEY
 from .peer_output import Ending, Forwarder, cause, describe, keep_logs, summary
 
@@ -34,12 +35,15 @@ class Outcome:
     code: int  # 0: every peer finished; 3: a peer was lost (resumable); else a peer's error code
     directory: Path | None
     problems: list[str] = field(default_factory=list)
+    lost: list[int] = field(default_factory=list)  # ranks that crashed, were killed or froze
+    peers: int = 0  # peers in the last group started
 
 
-def peer_env(rank: int, world: int, port: int) -> dict[str, str]:
+def peer_env(rank: int, world: int, port: int, restart: int = 0) -> dict[str, str]:
+    """A peer's environment, as torchrun's agent sets it (restart: the group's restart count)."""
     env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
                LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-               PYTHONUNBUFFERED="1")
+               PYTHONUNBUFFERED="1", TORCHELASTIC_RESTART_COUNT=str(restart))
     env[AGENT_STORE_ENV] = "1"
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // world)))
     return env
@@ -90,17 +94,36 @@ def _watch(procs: list[subprocess.Popen], store: dist.Store, timeout: float
 
 
 def launch(peers: int, args: list[str], timeout: float, out_dir: str | Path,
-           resume: Path | None = None) -> Outcome:
+           resume: Path | None = None, on_loss: str = "stop", n_clients: int = 0) -> Outcome:
     """Run `tadlora peer` in `peers` local processes on 127.0.0.1 with `args` (config and
     overrides, or run.* overrides with `resume`); `timeout` is their distributed.timeout_s
-    and `out_dir` their run.out_dir."""
+    and `out_dir` their run.out_dir. on_loss="continue" (distributed.on_peer_loss): when
+    peers crash, are killed or freeze, the survivors are started again as a smaller group,
+    as torchrun's agent restarts a worker group, from the newest checkpoint slices, and the
+    lost peers' clients (of `n_clients`) depart from that round (core/membership.py)."""
+    out, restarts = _group(peers, args, timeout, out_dir, resume, 0), 0
+    while on_loss == "continue" and out.directory is not None and 0 < len(out.lost) < peers:
+        gone = [c for k in out.lost for c in client_slices(n_clients, peers)[k]]
+        peers, restarts = peers - len(out.lost), restarts + 1
+        for problem in [*out.problems, f"continuing with {peers} peer(s) without clients "
+                                       f"{gone} (lost rank(s) {out.lost})"]:
+            sys.stderr.write(f"tadlora launch: {problem}\n")
+        out = _group(peers, ["--depart", ",".join(map(str, gone))], timeout, out_dir,
+                     out.directory, restarts)
+    return out
+
+
+def _group(peers: int, args: list[str], timeout: float, out_dir: str | Path,
+           resume: Path | None, restart: int) -> Outcome:
+    """One group of peers, from start to its last exit."""
     store = dist.TCPStore("127.0.0.1", 0, None, is_master=True, wait_for_workers=False,
                           timeout=timedelta(seconds=timeout))
     ours = dist.PrefixStore("tadlora/0", store)
     cmd = [sys.executable, "-m", "tadlora.cli", "peer",
            *(["--resume", str(resume)] if resume else []), *args]
     logs = Path(tempfile.mkdtemp(prefix="tadlora-launch-"))
-    procs = [subprocess.Popen(cmd, env=peer_env(k, peers, store.port), stdout=subprocess.PIPE,
+    procs = [subprocess.Popen(cmd, env=peer_env(k, peers, store.port, restart),
+                              stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT) for k in range(peers)]
     copies = [Forwarder(k, p.stdout, logs / f"rank-{k}.log") for k, p in enumerate(procs)]
     try:
@@ -127,4 +150,11 @@ def launch(peers: int, args: list[str], timeout: float, out_dir: str | Path,
         problems = [summary(first), *(p for p in problems if p != plain),
                     f"every peer's full output: {where}/rank-K.log"]
     lost = any(c == 3 or c < 0 for c in codes)
-    return Outcome(3 if lost else max(codes), directory, problems)
+    return Outcome(3 if lost else max(codes), directory, problems, lost_ranks(codes), peers)
+
+
+def lost_ranks(codes: list[int]) -> list[int]:
+    """The peers lost to a crash, a signal or a freeze (exit 1 or < 0) while every other peer
+    stopped because of them (exit 3); [] for anything else (an input error hits every peer)."""
+    crashed = [k for k, c in enumerate(codes) if c == 1 or c < 0]
+    return crashed if all(c == 3 for k, c in enumerate(codes) if k not in crashed) else []

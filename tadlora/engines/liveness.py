@@ -23,8 +23,9 @@ AGENT_STORE_ENV = "TADLORA_AGENT_STORE"  # "1": the launcher hosts the store (as
 CHECK_EVERY = 0.25  # seconds between liveness checks while waiting
 STARTUP = 120.0  # seconds a peer may take to start beating at all (imports, a loaded machine)
 # distributed.on_peer_loss: what the survivors do. stop: keep every finished round in the
-# checkpoint and exit (code 3), naming the lost rank
-ON_PEER_LOSS = ("stop",)
+# checkpoint and exit (code 3), naming the lost rank; continue: the same, and `tadlora launch`
+# starts them again without the lost peers' clients (engines/launch.py, core/membership.py)
+ON_PEER_LOSS = ("stop", "continue")
 ROUND_KEY = "round"  # round/K: the round rank K is in (Liveness.at)
 
 

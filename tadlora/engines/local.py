@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core import estimate, evaluate, gossip, lora
+from ..core import estimate, evaluate, gossip, lora, membership
 from ..core.estimate import OnlineEstimate
 from ..core.evaluate import EvalSet
 from ..core.federation import (
@@ -25,13 +25,16 @@ from .base import State
 
 
 def mix_and_measure(model: nn.Module, policy: Joint, w_graph: np.ndarray, t: int,
-                    online: OnlineEstimate | None = None) -> dict:
-    """Mix the round's factors with the method's weights; consensus, cross-term error, bytes;
-    with an online estimate, its values ride along (bytes counted) and its record is added."""
+                    online: OnlineEstimate | None = None,
+                    gone: frozenset[int] = frozenset()) -> dict:
+    """Mix the round's factors with the method's weights (without the departed clients
+    `gone`); consensus, cross-term error, bytes; with an online estimate, its values ride
+    along (bytes counted) and its record is added."""
     fac = lora.factors(model)
     kinds = mixed_kinds(policy, t)
     tensors = {f"{k}/{n}": p for k in kinds for n, p in fac[k].items()}
-    w = torch.as_tensor(policy.weights(w_graph) if tensors else np.eye(len(w_graph)))
+    w = torch.as_tensor(membership.without(policy.weights(w_graph), gone) if tensors
+                        else np.eye(len(w_graph)))
     linear = tensors  # what is mixed as it is: everything, or for product consensus the head
     if policy.mixes_products:
         cross = mix_products(fac, w)
@@ -75,19 +78,23 @@ def mix_products(fac: dict, w: torch.Tensor) -> float:
 def run_round(fed: Federation, t: int) -> dict:
     """One round of decentralized training; returns its metrics record."""
     prepare_round(fed, t)
-    record = round_record(fed, t, local_training(fed, t))
-    record.update(mix_and_measure(fed.model, fed.policy, fed.mixing(t), t, fed.online))
+    with fed.frozen(t):
+        record = round_record(fed, t, local_training(fed, t))
+        record.update(mix_and_measure(fed.model, fed.policy, fed.mixing(t), t, fed.online,
+                                      fed.departed(t)))
     return record
 
 
-def evaluation(fed: Federation, val: EvalSet) -> dict:
-    """Every client's own model on the validation set, and the averaged adapter."""
+def evaluation(fed: Federation, val: EvalSet, t: int) -> dict:
+    """Every client's own model on the validation set, and the averaged adapter (of the
+    clients present in round t)."""
     spec = fed.local
     acc, loss = evaluate.scores(fed.model, val, fed.n_clients, spec.precision, spec.device,
                                 spec.per_forward)
-    with evaluate.averaged(fed.model):
+    gone = fed.departed(t)
+    with evaluate.averaged(fed.model, present=evaluate.present(fed.n_clients, gone)):
         avg = evaluate.accuracies(fed.model, val, 1, spec.precision, spec.device)
-    return evaluate.report(acc, avg[0], loss)
+    return evaluate.report(acc, avg[0], loss, gone)
 
 
 @dataclass
@@ -103,7 +110,7 @@ class LocalEngine:
         return run_round(self.fed, t)
 
     def evaluate(self, t: int) -> dict:
-        return evaluation(self.fed, self.val)
+        return evaluation(self.fed, self.val, t)
 
     def gather_state(self, rnd: int) -> State:
         return self.fed.state()

@@ -21,14 +21,15 @@ from typing import BinaryIO
 
 SHOWN = re.compile(rb"^\[rank \d+\] (INFO|WARNING) ")  # log records shown live
 BAR = re.compile(rb"\d+/\d+ \[")  # a tqdm progress bar with a total (rank 0's)
+WARNING = b"tadlora: warning: "  # a warning for the user (cli._show_warning), rank 0's shown
 SEGMENT = re.compile(rb"(?<=[\r\n])")  # split after every \r or \n, keeping them
 MAX_MESSAGE = 300  # characters of a peer's error message in the summary line
 
 
 def shown(segment: bytes, rank: int) -> bool:
     """Whether one line (or \\r-terminated bar update) of a peer's output goes to the terminal."""
-    return bool(SHOWN.match(segment)) or (rank == 0 and (segment == b"\r"
-                                                         or bool(BAR.search(segment))))
+    return bool(SHOWN.match(segment)) or (rank == 0 and (
+        segment == b"\r" or bool(BAR.search(segment)) or segment.startswith(WARNING)))
 
 
 class Forwarder:

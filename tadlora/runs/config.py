@@ -106,7 +106,7 @@ class Distributed:
     mode: str = "all_gather"  # all_gather | p2p (neighbour-only send/recv)
     backend: str = "auto"  # auto = nccl when train.device is cuda, else gloo
     timeout_s: float = 300.0  # a peer silent this long (no heartbeat, stuck transfer) is lost
-    on_peer_loss: str = "stop"  # survivors keep the last checkpoint and exit non-zero
+    on_peer_loss: str = "stop"  # stop | continue (launch restarts survivors without the lost)
     diagnostics: bool = True  # send rank 0 what consensus / cross-term error need (else null)
     keep_slices: bool = False  # keep every saved round's checkpoint slices (audits, parity)
     max_norm_ratio: float = MAX_NORM_RATIO  # leave out received rows > k x own median norm; 0 off

@@ -76,7 +76,8 @@ def nonfinite_clients(model: torch.nn.Module, clients: range) -> list[int]:
 def nonfinite_losses(record: dict | None) -> list[int]:
     if record is None:
         return []
-    return [i for i, x in enumerate(record.get("client_loss") or []) if not math.isfinite(x)]
+    return [i for i, x in enumerate(record.get("client_loss") or [])
+            if x is not None and not math.isfinite(x)]  # None: a departed client
 
 
 def nonfinite_message(t: int, losses: list[int], factors: list[int], kept: int) -> str:

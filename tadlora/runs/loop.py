@@ -23,6 +23,8 @@ import shutil
 import time
 from pathlib import Path
 
+from ..core import membership
+from ..core.membership import NO_CHANGE, Change
 from ..engines.base import Engine
 from ..engines.local import LocalEngine
 from . import checkpoint, health
@@ -55,16 +57,22 @@ def clients_info(exp: Experiment) -> dict:
             "switch_interval": exp.fed.policy.interval}
 
 
-def _read_round(engine: Engine, parts: list, rnd: int) -> tuple | None:
-    """Round `rnd`'s rows for this process, or None (with a warning) when a slice is corrupt;
-    agreed by all processes."""
+def _read_round(engine: Engine, parts: list, rnd: int, n: int) -> tuple | None:
+    """Round `rnd`'s rows for this process and the run's departures, or None (with a warning)
+    when a slice is corrupt; agreed by all processes."""
+    chosen = checkpoint.cover(parts, rnd, engine.fed.clients)
     try:
-        rows = checkpoint.read_rows(checkpoint.cover(parts, rnd, engine.fed.clients),
-                                    engine.fed.clients, engine.fed.policy.interval)
+        rows = checkpoint.read_rows(chosen, engine.fed.clients, engine.fed.policy.interval)
+        meta = checkpoint.read_meta(chosen[0][1])
     except checkpoint.CorruptCheckpoint as e:
         warn(f"{e}; falling back to an older checkpoint")
         rows = None
-    return rows if engine.agree(int(rows is not None)) else None
+    if not engine.agree(int(rows is not None)):
+        return None
+    try:
+        return rows, membership.from_json(meta.get("departures"), n)
+    except ValueError as e:
+        raise CheckpointError(f"{chosen[0][1]}: {e}") from e
 
 
 def restore(engine: Engine, run: RunDir, exp: Experiment) -> int:
@@ -84,10 +92,11 @@ def restore(engine: Engine, run: RunDir, exp: Experiment) -> int:
                 f"{run.path}: no round whose checkpoint slices hold every client and are intact "
                 f"(found rounds {sorted({r for r, _, _ in parts})}); without a shared disk, "
                 "resume with the same peers on the same hosts")
-        rows = _read_round(engine, parts, rnd)
-        if rows is not None:
+        got = _read_round(engine, parts, rnd, exp.cfg.clients.n)
+        if got is not None:
             break
         rounds = [r for r in rounds if r != rnd]
+    rows, engine.fed.departures = got
     try:
         engine.fed.load(*rows)
     except ValueError as e:
@@ -104,11 +113,16 @@ def dropped(run: RunDir, first: int, cfg: Config) -> None:
              f"(run.checkpoint_every={cfg.run.checkpoint_every})")
 
 
+def _departures(engine: Engine) -> dict:
+    events = engine.fed.departures
+    return {"departures": membership.to_json(events)} if events else {}
+
+
 def save(engine: Engine, run: RunDir, exp: Experiment, rnd: int) -> None:
     """The checkpoint after `rnd` rounds: the run's own, or this peer's slice (last two kept)."""
     clients = engine.fed.clients
     meta = {"round": rnd, "switch_interval": exp.fed.policy.interval,
-            "clients": [clients.start, clients.stop]}
+            "clients": [clients.start, clients.stop], **_departures(engine)}
     if engine.world == 1:
         checkpoint.save(run.checkpoint, *engine.fed.state(), meta, keep=run.previous)
         return
@@ -128,7 +142,8 @@ def finish(engine: Engine, run: RunDir, exp: Experiment) -> None:
         state = engine.gather_state(cfg.run.rounds)
         if state is not None:
             checkpoint.save(run.checkpoint, *state, {"round": cfg.run.rounds,
-                                                     "switch_interval": exp.fed.policy.interval},
+                                                     "switch_interval": exp.fed.policy.interval,
+                                                     **_departures(engine)},
                             keep=run.previous)
         engine.barrier("merged")
     if cfg.distributed.keep_slices:
@@ -139,13 +154,30 @@ def finish(engine: Engine, run: RunDir, exp: Experiment) -> None:
         shutil.rmtree(run.peers, ignore_errors=True)
 
 
-def start(engine: Engine, run: RunDir, exp: Experiment, resume: bool) -> int:
-    """The first round to run: restored on resume; the run's files are written on rank 0."""
+def _change(engine: Engine, run: RunDir, n: int, first: int, change: Change) -> None:
+    """Apply a resume's change to who takes part, from round `first` on, and say it."""
+    before = engine.fed.departed(first)
+    try:
+        engine.fed.departures = membership.changed(engine.fed.departures, first, change, n)
+    except ValueError as e:
+        raise ConfigError(f"{run.path}: {e}") from e
+    now = engine.fed.departed(first)
+    if engine.rank == 0 and now != before:
+        warn(f"from round {first}: clients {sorted(now - before)} depart" if now > before else
+             f"from round {first}: clients {sorted(before - now)} rejoin with the state they "
+             "left with")
+
+
+def start(engine: Engine, run: RunDir, exp: Experiment, resume: bool, change: Change) -> int:
+    """The first round to run: restored on resume, with `change` to who takes part from then
+    on; the run's files are written on rank 0."""
     cfg, writer = exp.cfg, engine.rank == 0
     first = restore(engine, run, exp) if resume else 0
     if first >= cfg.run.rounds:
         raise ConfigError(f"{run.path} already finished {first} rounds; extend it with "
                           f"run.rounds=<more than {first}>")
+    if resume:
+        _change(engine, run, cfg.clients.n, first, change)
     if writer and resume:
         dropped(run, first, cfg)
         run.write_config(cfg)
@@ -170,12 +202,14 @@ def stop_if_nonfinite(engine: Engine, run: RunDir, record: dict | None, t: int,
         raise NonFiniteError(health.nonfinite_message(t, losses, factors, kept))
 
 
-def execute(engine: Engine, exp: Experiment, run: RunDir, resume: bool) -> dict | None:
-    """Rounds from the start (or from the checkpoint) to run.rounds; the summary on rank 0."""
+def execute(engine: Engine, exp: Experiment, run: RunDir, resume: bool,
+            change: Change = NO_CHANGE) -> dict | None:
+    """Rounds from the start (or from the checkpoint, with `change` to who takes part) to
+    run.rounds; the summary on rank 0."""
     from tqdm import tqdm
 
     cfg, t0, writer = exp.cfg, time.time(), engine.rank == 0
-    first = start(engine, run, exp, resume)
+    first = start(engine, run, exp, resume, change)
     logged = run.records() if writer else []
     first_loss, warned = (logged[0].get("train_loss") if logged else None), False
     peers = f" x{engine.world} peers" if engine.world > 1 else f" {cfg.topology.kind}"

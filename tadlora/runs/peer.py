@@ -11,7 +11,10 @@ The run directory is the one `tadlora run` writes, plus each peer's checkpoint s
                                  the merged checkpoint exists (distributed.keep_slices: all kept)
 A peer that loses another keeps its slices and exits with PEER_LOST; `tadlora launch --resume`
 then restarts from the newest round that every client's slice reached (any number of peers:
-a peer reads the rows it needs from whichever slices hold them).
+a peer reads the rows it needs from whichever slices hold them). Under
+distributed.on_peer_loss=continue the launcher does that by itself, with the lost peers'
+clients departed (`--depart`, core/membership.py); `--rejoin` brings them back. A group that
+torchrun restarted (--max-restarts) resumes its run by itself (`restarted_run`).
 
 Several hosts, with torchrun (HOST:PORT = an address and free port of host 0 that the other
 hosts reach; the same config file and data on every host; M peer processes per host):
@@ -37,6 +40,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from ..core.membership import NO_CHANGE, Change
 from ..engines import auth, exchange
 from ..engines.distributed import DistributedEngine
 from ..engines.exchange import ProtocolError
@@ -91,8 +95,22 @@ def _exit(live: Liveness, code: int, why: str) -> None:
     os._exit(code)
 
 
-def main(cfg: Config, resume: Path | None = None) -> int:
-    """Run this process as one peer (rank and rendezvous from torchrun's environment)."""
+def restarted_run(cfg: Config) -> Path | None:
+    """Under torchrun --max-restarts, a restarted group (TORCHELASTIC_RESTART_COUNT > 0) that
+    was given a new run's config resumes that run (run.name names it): every peer, the one
+    that failed too, rejoins from its last slice at the round every client's slices reached."""
+    if os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") in ("", "0"):
+        return None
+    if not cfg.run.name:
+        raise ConfigError("a restarted torchrun group cannot find its run: give the peers "
+                          "run.name=NAME so that a restart resumes RUN_DIR = run.out_dir/NAME")
+    path = Path(cfg.run.out_dir) / cfg.run.name
+    return path if path.is_dir() else None
+
+
+def main(cfg: Config, resume: Path | None = None, change: Change = NO_CHANGE) -> int:
+    """Run this process as one peer (rank and rendezvous from torchrun's environment); a
+    resume may change who takes part (`change`: core/membership.py)."""
     comm = torch.device("cpu")
     check_device(cfg)
     name = backend(cfg.distributed.backend, cfg.train.device)
@@ -114,7 +132,7 @@ def main(cfg: Config, resume: Path | None = None) -> int:
     try:
         run = _run_directory(cfg, rank, store, resume)
         exp = _build(cfg, run, net.clients, fresh=rank == 0 and resume is None)
-        execute(DistributedEngine(exp.fed, exp.val, net), exp, run, resume is not None)
+        execute(DistributedEngine(exp.fed, exp.val, net), exp, run, resume is not None, change)
     except (PeerLost, ProtocolError) as e:
         where = run.path if run else "RUN_DIR"
         log.error("%s. Stopping; the last checkpoint is kept: continue with `tadlora launch "

@@ -65,19 +65,21 @@ def tadlora(*argv, env=None):
     return run_group([[sys.executable, "-m", "tadlora.cli", *argv]], env)[0]
 
 
-def reference(argv, per_forward=None):
+def reference(argv, per_forward=None, departures=()):
     """The in-process engine: every client's tensors after every round, the records and the
     summary. per_forward: {round: train.clients_per_forward from that round on} (the forward
-    groups of the peers, when a resume changed their number)."""
+    groups of the peers, when a resume changed their number); departures: the clients that
+    take no part, from a round on (core/membership.py)."""
     cfg = config.load(None, argv)
     exp = build(cfg)
+    exp.fed.departures = departures
     states, records = [], []
     for t in range(cfg.run.rounds):
         if per_forward and t in per_forward:
             exp.fed.local = replace(exp.fed.local, per_forward=per_forward[t])
         rec = local.run_round(exp.fed, t)
         if loop.due(cfg, t):
-            rec["eval"] = local.evaluation(exp.fed, exp.val)
+            rec["eval"] = local.evaluation(exp.fed, exp.val, t)
         records.append(rec)
         states.append({k: v.detach().clone() for k, v in lora.state(exp.fed.model).items()})
     return states, records, loop.summary(exp, records, 0.0)
@@ -115,7 +117,9 @@ def assert_close_records(got, want):
     assert [r["round"] for r in got] == [r["round"] for r in want]
     for g, w in zip(got, want, strict=True):
         assert g["phase"] == w["phase"] and g["switch_interval"] == w["switch_interval"]
-        assert np.allclose(g["client_loss"], w["client_loss"], atol=2e-5)
+        assert np.allclose(np.array(g["client_loss"], dtype=float),  # None: departed
+                           np.array(w["client_loss"], dtype=float), atol=2e-5, equal_nan=True)
+        assert g.get("departed") == w.get("departed")
         for key in ("train_loss", "consensus_A", "consensus_B", "cross_term_error"):
             assert abs(g[key] - w[key]) <= 1e-6 * max(1.0, abs(w[key])), (g["round"], key)
         assert ("eval" in g) == ("eval" in w)

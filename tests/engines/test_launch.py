@@ -31,6 +31,8 @@ def test_only_log_records_and_rank_0s_bar_reach_the_terminal():
     assert not shown(b"frame #3: 0x0000 in c10::something() from libtorch.so\n", 0)
     assert shown(b"lora x2 peers:  50%|#####     | 2/4 [00:00<00:00, 5.8round/s]\r", 0)
     assert not shown(b"lora x2 peers:  50%|#####     | 2/4 [00:00<00:00, 5.8round/s]\r", 1)
+    assert shown(b"tadlora: warning: from round 2: clients [3] depart\n", 0)
+    assert not shown(b"tadlora: warning: from round 2: clients [3] depart\n", 1)
 
 
 def test_forwarder_logs_everything_and_shows_the_rest_filtered(tmp_path):
