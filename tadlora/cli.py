@@ -29,11 +29,12 @@ def _config(args: list[str]) -> Config:
 
 def results_table(summary: dict) -> str:
     """Per-client validation accuracy with the client's label counts, then the aggregates."""
-    names = summary["label_names"]
+    names, gone = summary["label_names"], set(summary.get("departed", ()))
     lines = [f"{'client':>6}  {'labels (' + '/'.join(names) + ')':<28} {'accuracy':>8}"]
     for i, (acc, counts) in enumerate(zip(summary["client_acc"], summary["label_counts"],
                                           strict=True)):
-        lines.append(f"{i:>6}  {'/'.join(map(str, counts)):<28} {acc:>8.4f}")
+        lines.append(f"{i:>6}  {'/'.join(map(str, counts)):<28} {acc:>8.4f}"
+                     + ("  departed (not in the aggregates)" if i in gone else ""))
     lines.append(f"{'mean':>6}  {'':<28} {summary['mean']:>8.4f}")
     lines.append(f"{'std':>6}  {'':<28} {summary['std']:>8.4f}")
     lines.append(f"min {summary['min']:.4f}  max {summary['max']:.4f}  averaged adapter "

@@ -55,6 +55,7 @@ def test_survivors_finish_without_the_lost_peers_clients_and_they_rejoin(nodrop_
     summary = json.loads((d / "summary.json").read_text())
     assert summary["departed"] == [3, 4, 5]
     assert summary["mean"] == sum(summary["client_acc"][c] for c in (0, 1, 2, 6, 7)) / 5
+    assert out.count("departed (not in the aggregates)") == 3
 
     rc, out, err = tadlora("launch", "--peers", "3", "--resume", str(d), "--rejoin",
                            "run.rounds=6")
