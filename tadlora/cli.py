@@ -169,7 +169,9 @@ def parser() -> argparse.ArgumentParser:
     pe.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped distributed run")
     pe.add_argument("--rejoin", action="store_true",
                     help="with --resume: clients that departed with a lost peer take part again")
-    pe.add_argument("--depart", default="", help=argparse.SUPPRESS)  # the launcher's: 2,3
+    pe.add_argument("--depart", default="", metavar="CLIENTS",
+                    help="with --resume: clients (e.g. 3,4,5) that take no part from the "
+                         "resume's first round on (the launcher passes a lost peer's)")
     pe.add_argument("args", nargs="*", help=argparse.SUPPRESS)
     pe.set_defaults(func=cmd_peer)
     e = sub.add_parser("export", help="write one client's adapter in peft's format")
