@@ -14,6 +14,9 @@ same record as engines.local.run_round (other ranks return None), with these dif
   compute_s, wait_s, transfer_s   per peer: local training, the barrier before the exchange
                     (waiting for the slowest peer), the exchange and the mixing
   peers, mode; excluded (only when something was left out: client -> peers that did)
+Departed clients (distributed.on_peer_loss=continue, core/membership.py) are out of W(t)
+(`Federation.weights`) and come out of the round unchanged (`Federation.frozen`), as in the
+simulator.
 Diagnostics need every client's factors: rank 0 has the mixed ones from an all_gather and is
 sent the others (the unmixed factor for ffa/rolora/local; in p2p mode both A and B) each round;
 with distributed.diagnostics=false nothing is sent and consensus_A/B and cross_term_error are
