@@ -21,7 +21,7 @@ def test_peers_give_the_simulators_estimates_and_t_under_a_schedule(tmp_path, pe
     assert rc == 0, err
     peers, sim = records(tmp_path / "peers"), records(tmp_path / "sim")
     assert [{k: r[k] for k in SAME} for r in peers] == [{k: r[k] for k in SAME} for r in sim]
-    assert [r["switch_interval"] for r in peers[59:61]] == [1, 3]  # the change at round 20
+    assert [r["switch_interval"] for r in peers[39:41]] == [1, 4]  # the change at round 20
     width = 2 * 2 * 8 * 32 + estimate.WIDTH  # A and B of query and value (r 8, 32), probes
     for p, s in zip(peers, sim, strict=True):
         assert abs(p["train_loss"] - s["train_loss"]) < 1e-5

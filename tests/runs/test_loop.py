@@ -285,8 +285,10 @@ def test_an_online_run_records_its_estimate_and_resumes_to_the_same_metrics(tmp_
     full, _ = loop.run(config.load(None, args))
     rows = records(full)
     assert rows[0]["rho_estimate"] is None and rows[0]["switch_interval"] == 1
-    assert rows[45]["rho_estimate"] > 0.7 and rows[45]["rho_mc"] > 0.8 > rows[0]["rho_mc"]
-    assert rows[60]["switch_interval"] == 3 and rows[-1]["rho_estimate_spread"] >= 0
+    assert rows[45]["rho_mc"] > 0.8 > rows[0]["rho_mc"]
+    assert abs(rows[45]["rho_estimate"] - rows[45]["rho_mc"]) < 0.05  # a window after 20
+    assert [rows[t]["switch_interval"] for t in (39, 40)] == [1, 4]  # the decision of round 39
+    assert rows[-1]["rho_estimate_spread"] >= 0
     assert all(0 < sum(r["online_bytes"]) < 0.01 * sum(r["bytes_sent"]) for r in rows[:20])
     monkeypatch.setattr(local, "run_round", crash_at(65))
     with pytest.raises(KeyboardInterrupt):
