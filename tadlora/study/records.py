@@ -8,18 +8,26 @@ study/records/). `tadlora keep RUNS_DIR DEST` writes one for every finished run 
   (phase, T, train loss, cross-term error, the online rho estimate), to 5 significant digits.
 
 No checkpoints, no per-client training losses. A record is a run directory to the report.
+
+A sweep of thousands of small runs (the testbed's) is kept whole in one file instead,
+`tadlora keep --bundle RUNS_DIR DEST` -> DEST/runs.jsonl.gz: a line per finished run with its
+config.toml, the summary's score fields, and of every round only what the report reads (the
+evaluated mean, the cross-term error to 5 significant digits, the online estimate). The report
+reads a bundle's runs as it reads run directories (study/results.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..runs.rundir import CONFIG, METRICS, SUMMARY, RunDir
 
-__all__ = ["SLIM", "compact_metrics", "keep", "add_parser"]
+__all__ = ["BUNDLE", "SLIM", "add_parser", "bundle", "compact_metrics", "keep", "read_bundle"]
 
 SLIM = ("round", "phase", "switch_interval", "train_loss", "cross_term_error", "rho_estimate",
         "rho_estimate_spread", "rho_mc")  # what the report reads of a round (those present)
@@ -34,16 +42,24 @@ def compact_metrics(records: list[dict]) -> list[dict]:
     return [r if "eval" in r else {k: _short(r[k]) for k in SLIM if k in r} for r in records]
 
 
+BUNDLE = "runs.jsonl.gz"  # a whole sweep in one file
+BUNDLE_SUMMARY = ("mean", "switch_interval", "rho", "wall_time_s")  # what the report reads
+ONLINE = ("rho_estimate", "rho_estimate_spread", "rho_mc", "switch_interval")
+
+
+def _finished(runs_dir: str | Path) -> tuple[Path, list[Path]]:
+    """runs_dir and every finished run under it (a config.toml and a summary.json)."""
+    root = Path(runs_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a directory of runs")
+    return root, [s.parent for s in sorted(root.rglob(SUMMARY)) if (s.parent / CONFIG).is_file()]
+
+
 def keep(runs_dir: str | Path, dest: str | Path) -> list[Path]:
     """A compact record in dest/<relative path> of every finished run under runs_dir (one with
     a summary.json); returns the records written. A record already there is rewritten."""
-    root, out, written = Path(runs_dir), Path(dest), []
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root} is not a directory of runs")
-    for summary in sorted(root.rglob(SUMMARY)):
-        src = summary.parent
-        if not (src / CONFIG).is_file():
-            continue
+    (root, runs), out, written = _finished(runs_dir), Path(dest), []
+    for src in runs:
         target = out / src.relative_to(root)
         target.mkdir(parents=True, exist_ok=True)
         for name in (CONFIG, SUMMARY):
@@ -54,7 +70,47 @@ def keep(runs_dir: str | Path, dest: str | Path) -> list[Path]:
     return written
 
 
+def _bundled(r: dict) -> dict:
+    """What the report reads of one round."""
+    out = {"round": r["round"]}
+    if r.get("cross_term_error") is not None:
+        out["cross_term_error"] = _short(r["cross_term_error"])
+    if "eval" in r:
+        out["eval"] = {"mean": r["eval"]["mean"]}
+    if "rho_estimate" in r:
+        out.update({k: r.get(k) for k in ONLINE})
+    return out
+
+
+def bundle(runs_dir: str | Path, dest: str | Path) -> tuple[Path, int]:
+    """Every finished run under runs_dir in dest/runs.jsonl.gz (rewritten; the same bytes
+    for the same runs); returns the file and the number of runs."""
+    root, runs = _finished(runs_dir)
+    target = Path(dest) / BUNDLE
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.GzipFile(target, "wb", mtime=0) as f:
+        for src in runs:
+            summary = json.loads((src / SUMMARY).read_text())
+            entry = {"name": str(src.relative_to(root)), "config": (src / CONFIG).read_text(),
+                     "summary": {k: summary[k] for k in BUNDLE_SUMMARY if k in summary},
+                     "metrics": [_bundled(r) for r in RunDir(src).records()]}
+            f.write((json.dumps(entry, allow_nan=False, separators=(",", ":")) + "\n").encode())
+    return target, len(runs)
+
+
+def read_bundle(path: Path) -> Iterator[dict]:
+    """The runs of a bundle: name, config (TOML text), summary, metrics."""
+    with gzip.open(path, "rt") as f:
+        for line in f:
+            yield json.loads(line)
+
+
 def cmd_keep(ns: argparse.Namespace) -> int:
+    if ns.bundle:
+        target, n = bundle(ns.runs_dir, ns.dest)
+        print(f"kept {n} finished runs of {ns.runs_dir} in {target} "
+              f"({target.stat().st_size / 1024:.0f} KiB)")
+        return 0
     written = keep(ns.runs_dir, ns.dest)
     size = sum(f.stat().st_size for d in written for f in d.iterdir())
     print(f"kept {len(written)} finished runs of {ns.runs_dir} in {ns.dest} "
@@ -68,5 +124,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                                            "directory (for committing a study's results)")
     k.add_argument("runs_dir")
     k.add_argument("dest")
+    k.add_argument("--bundle", action="store_true",
+                   help=f"one file, DEST/{BUNDLE}, for a sweep of many small runs")
     k.set_defaults(func=cmd_keep)
     return k

@@ -16,6 +16,7 @@ import csv
 import json
 import math
 import sys
+import tomllib
 from collections import defaultdict
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from ..core.methods import DEFAULT_C, METHODS, switch_interval, uses_graph
 from ..runs import config
 from ..runs.config import ConfigError
 from ..runs.rundir import CONFIG, METRICS, RunDir
+from . import records
 from .labels import task_label, topology_label
 from .sweep_file import flat
 
@@ -49,11 +51,22 @@ def is_reference(method: str) -> bool:
 
 def _read_run(d: Path, root: Path) -> dict:
     run = RunDir(d)
-    cfg = config.load(run.config)
-    metrics = run.records()
     summary = json.loads(run.summary.read_text()) if run.summary.is_file() else None
+    return _row(d, str(d.relative_to(root)), config.load(run.config), summary, run.records())
+
+
+def _bundle_rows(path: Path, root: Path) -> list[dict]:
+    """The runs of a bundle (study/records.py) as rows, named as their directories were."""
+    here = path.parent
+    return [_row(here / e["name"], str((here / e["name"]).relative_to(root)),
+                 config.from_dict(tomllib.loads(e["config"])), e["summary"], e["metrics"])
+            for e in records.read_bundle(path)]
+
+
+def _row(d: Path, name: str, cfg: config.Config, summary: dict | None, metrics: list[dict]
+         ) -> dict:
     t = cfg.topology
-    return {"dir": d, "name": str(d.relative_to(root)), "cfg": cfg, "seed": cfg.run.seed,
+    return {"dir": d, "name": name, "cfg": cfg, "seed": cfg.run.seed,
             "task": task_label(cfg.data.source, cfg.data.path, cfg.data.task),
             "method": cfg.method.name, "si": cfg.method.switch_interval, "lr": cfg.train.lr,
             "kind": t.kind, "p": t.p, "connectivity": f"{t.kind} {t.schedule}" if t.schedule
@@ -69,7 +82,8 @@ def _read_run(d: Path, root: Path) -> dict:
 
 
 def collect(runs_dir: str | Path) -> list[dict]:
-    """Every run directory (config.toml + metrics.jsonl) under runs_dir, recursively."""
+    """Every run directory (config.toml + metrics.jsonl) under runs_dir, recursively, and
+    every run of a bundle (runs.jsonl.gz, study/records.py) there."""
     root, rows = Path(runs_dir), []
     for cfg_file in sorted(root.rglob(CONFIG)):
         if (cfg_file.parent / METRICS).is_file():
@@ -77,6 +91,12 @@ def collect(runs_dir: str | Path) -> list[dict]:
                 rows.append(_read_run(cfg_file.parent, root))
             except (ConfigError, ValueError, KeyError, OSError) as e:
                 print(f"tadlora report: skipping {cfg_file.parent}: {e}", file=sys.stderr)
+    for path in sorted(root.rglob(records.BUNDLE)):
+        try:
+            rows += _bundle_rows(path, root)
+        except (ConfigError, ValueError, KeyError, OSError, EOFError, tomllib.TOMLDecodeError
+                ) as e:
+            print(f"tadlora report: skipping {path}: {e}", file=sys.stderr)
     _variants(rows)
     _label(rows)
     return rows

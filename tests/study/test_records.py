@@ -32,6 +32,29 @@ def test_records_are_small_and_report_the_same_numbers(tiny_model_dir, tmp_path)
         assert (d / METRICS).stat().st_size < (runs / d.name / METRICS).stat().st_size
 
 
+def test_a_bundle_holds_a_sweep_in_one_file_and_reports_the_same_numbers(tiny_model_dir,
+                                                                         tmp_path, capsys):
+    runs = tmp_path / "runs"
+    for method in ("lora", "tad"):
+        loop.run(config.load(None, tiny_run_args(tiny_model_dir, runs / "sweep", method,
+                                                 f"method.name={method}", "run.rounds=4")))
+    path, n = records.bundle(runs, tmp_path / "kept")
+    assert n == 2 and path.name == records.BUNDLE
+    first = path.read_bytes()
+    assert records.bundle(runs, tmp_path / "kept")[0].read_bytes() == first  # deterministic
+    assert len(first) < sum(f.stat().st_size for f in runs.rglob("*.jsonl")) / 2
+    full, small = results.collect(runs), results.collect(tmp_path / "kept")
+    def key(r):
+        return (r["name"], r["method"], r["final"], r["T"], r["evals"],
+                [(t, f"{c:.4g}") for t, c in r["cross"]])
+
+    assert sorted(map(key, small)) == sorted(map(key, full))
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / records.BUNDLE).write_bytes(first[:len(first) // 2])
+    assert results.collect(tmp_path / "bad") == []
+    assert "skipping" in capsys.readouterr().err
+
+
 def test_keep_names_a_missing_directory(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a directory of runs"):
         records.keep(tmp_path / "nothing", tmp_path / "out")
