@@ -5,8 +5,8 @@ worst and the mean absolute error over seeds of the clients' mean estimate; the 
 after R0 = 80, 160 and 300 whose online T equals the oracle T; and how often a client's change
 detector fires on a fixed graph model (false alarms, per client and window). Then the tracking
 delay under a schedule, in both directions (ER p=0.5 -> 0.02 and 0.02 -> 0.5 at round 60):
-rounds after the change until the online T leaves the old oracle T, and until it is the new
-one for good.
+rounds after the change until the online T leaves the old oracle T, until it is the new one
+for good, and the share of the rounds from 2 windows after the change with the new T.
 
     .venv/bin/python benchmarks/bench_online_rho.py [--seeds 10] [--first-seed 0] [--rounds 300]
         [--mc-samples 2000]
@@ -70,9 +70,10 @@ def tracking(seeds: range, text: str, samples: int, rounds: int = 200) -> None:
     (_, p_old), (at, p_new) = sched
     old = switch_interval(topology.process_rho("er", N, p_old, samples=samples), 1.0)
     new = switch_interval(topology.process_rho("er", N, p_new, samples=samples), 1.0)
-    moved, settled = [], []
+    moved, settled, same = [], [], []
     for s in seeds:
         run = trajectory(topology.mixing_process("er", N, s, p_old, None, sched), s, rounds)
+        same += [T == new for _, T in run[at + 2 * estimate.WINDOW:]]
         first = next((t + 1 for t in range(at, rounds) if run[t][1] != old), None)
         moved.append(None if first is None else first - at)
         first = next((t + 1 for t in range(at, rounds) if all(T == new for _, T in run[t:])),
@@ -80,7 +81,8 @@ def tracking(seeds: range, text: str, samples: int, rounds: int = 200) -> None:
         settled.append(None if first is None else first - at)
     print(f"schedule {text} (oracle T {old} -> {new}), per seed, rounds after {at} until the "
           f"online T leaves {old}: {moved} (max {max(m or rounds for m in moved)}); until it is "
-          f"{new} to round {rounds}: {settled}")
+          f"{new} to round {rounds}: {settled}; T = {new} in {np.mean(same):.1%} of the rounds "
+          f"{at + 2 * estimate.WINDOW + 1}-{rounds}")
 
 
 def main() -> None:

@@ -152,12 +152,12 @@ class OnlineEstimate:
         return step == WINDOW
 
     def _detect(self) -> None:
-        """End of window: a client whose row moved and whose window's trace is further than
-        JUMP from its estimate at the window start drops its past (from its own estimate)."""
+        """End of window: a client whose window's trace is further than JUMP from its trace
+        estimate at the window start drops its past (from its own estimate only)."""
         self.moving = self.changed.copy()
         past = self._trace(self.mark - self.base, self.mark_d - self.base_d)
         now = self._trace(self.u - self.mark, np.full(len(self.u), self.d - self.mark_d))
-        jump = self.moving & (np.abs(now - past) > JUMP)  # False where past is NaN
+        jump = np.abs(now - past) > JUMP  # False where past is NaN
         self.base = np.where(jump, self.mark, self.base)
         self.base_d = np.where(jump, self.mark_d, self.base_d)
 
