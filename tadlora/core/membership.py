@@ -1,4 +1,5 @@
-"""Which clients take part in a round: the departures of a federation that lost peers.
+"""Which clients a round's mixing counts: W renormalised without some clients (rows left out
+of one round, `renormalised` / `applied`), and the departures of a federation that lost peers.
 
 A distributed run with distributed.on_peer_loss=continue goes on without the clients of a lost
 peer (engines/launch.py restarts the survivors). From the round it resumes at, those clients
@@ -73,20 +74,34 @@ def from_json(value: list | None, n: int) -> Departures:
     return events
 
 
+def renormalised(w: np.ndarray, excluded: set[int] | dict[int, str]) -> np.ndarray:
+    """W with the columns of `excluded` zeroed and each row rescaled to sum to 1 (a row with no
+    weight left stays zero: its client keeps its own value)."""
+    if not excluded:
+        return w
+    w = w.copy()
+    w[:, sorted(excluded)] = 0.0
+    s = w.sum(axis=1, keepdims=True)
+    return np.divide(w, s, out=np.zeros_like(w), where=s > 0)
+
+
+def applied(w: np.ndarray, excluded: set[int] | dict[int, str]) -> np.ndarray:
+    """The matrix `mix_held` applies: `renormalised` W, with a row left with no weight
+    replaced by the identity's (that client keeps its own value)."""
+    w = renormalised(w, excluded).copy()
+    alone = w.sum(axis=1) == 0
+    w[alone, alone] = 1.0
+    return w
+
+
 def without(w: np.ndarray, gone: frozenset[int]) -> np.ndarray:
     """W with the departed clients' columns out and every other row renormalised to sum to 1
     (a row left with no weight keeps its own value); a departed client's row is the identity's."""
     if not gone:
         return w
     w = w.copy()
-    out = sorted(gone)
-    w[:, out] = 0.0
-    w[out, :] = 0.0
-    s = w.sum(axis=1, keepdims=True)
-    w = np.divide(w, s, out=np.zeros_like(w), where=s > 0)
-    alone = w.sum(axis=1) == 0
-    w[alone, alone] = 1.0
-    return w
+    w[sorted(gone), :] = 0.0
+    return applied(w, gone)
 
 
 @contextmanager

@@ -55,11 +55,12 @@ import torch.distributed as dist
 from ..core import estimate, evaluate, gossip, lora
 from ..core.evaluate import EvalSet
 from ..core.federation import Federation, local_training, mixed_kinds, prepare_round
+from ..core.membership import applied
 from . import exchange, faults, records
 from .base import State
 from .exchange import Received, Stamp
 from .net import EXCHANGES, Net, mixed_keys
-from .robust_mixing import applied, held_factors, mix_held, outliers
+from .robust_mixing import held_factors, mix_held, outliers
 
 log = logging.getLogger("tadlora.distributed")
 

@@ -9,10 +9,11 @@ import torch
 
 from ..core import gossip, lora
 from ..core.federation import Federation, applied_to_factors, round_record
+from ..core.membership import applied, renormalised
 from . import auth, exchange
 from .exchange import Received
 from .net import EXCHANGES, Net, mixed_keys
-from .robust_mixing import applied, held_factors, mix_held, renormalised
+from .robust_mixing import held_factors, mix_held
 
 
 def rank0_lacks(net: Net, kinds: frozenset[str]) -> list[str]:

@@ -1,30 +1,13 @@
 """Fault-tolerant mixing for the distributed engine: clients whose rows were left out (bad or
-missing payloads) lose their weight, and the rest of each row is renormalised."""
+missing payloads) lose their weight, and the rest of each row is renormalised (the matrices:
+core/membership.py's `renormalised` and `applied`)."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-
-def renormalised(w: np.ndarray, excluded: set[int] | dict[int, str]) -> np.ndarray:
-    """W with the columns of `excluded` zeroed and each row rescaled to sum to 1 (a row with no
-    weight left stays zero: its client keeps its own value)."""
-    if not excluded:
-        return w
-    w = w.copy()
-    w[:, sorted(excluded)] = 0.0
-    s = w.sum(axis=1, keepdims=True)
-    return np.divide(w, s, out=np.zeros_like(w), where=s > 0)
-
-
-def applied(w: np.ndarray, excluded: set[int] | dict[int, str]) -> np.ndarray:
-    """The matrix `mix_held` applies: `renormalised` W, with a row left with no weight
-    replaced by the identity's (that client keeps its own value)."""
-    w = renormalised(w, excluded).copy()
-    alone = w.sum(axis=1) == 0
-    w[alone, alone] = 1.0
-    return w
+from ..core.membership import renormalised
 
 
 def mix_held(w: np.ndarray, targets: range, tensors: list[torch.Tensor],

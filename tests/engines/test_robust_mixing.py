@@ -5,7 +5,8 @@ import numpy as np
 import torch
 
 from tadlora.core import gossip, topology
-from tadlora.engines.robust_mixing import applied, mix_held, renormalised
+from tadlora.core.membership import applied, renormalised
+from tadlora.engines.robust_mixing import mix_held
 
 
 def test_mixing_leaves_out_bad_rows_and_renormalises():
