@@ -108,9 +108,12 @@ def cmd_peer(ns: argparse.Namespace) -> int:
 
     change = _change(ns)
     if not ns.resume:
-        ns.resume = peer.restarted_run(_config(ns.args))
-        ns.args = [] if ns.resume else ns.args
-    return peer.main(_peer_config(ns), Path(ns.resume) if ns.resume else None, change)
+        cfg = _config(ns.args)
+        restarted = peer.restarted_run(cfg)
+        if restarted is None:
+            return peer.main(cfg, None, change)
+        ns.resume, ns.args = restarted, []
+    return peer.main(_peer_config(ns), Path(ns.resume), change)
 
 
 def cmd_topology(ns: argparse.Namespace) -> None:

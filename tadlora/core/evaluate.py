@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..data.text import Encoded, collate, eval_batches
-from . import lora, packing
+from . import lora, membership, packing
 from .precision import autocast
 from .train import groups
 
@@ -125,11 +125,6 @@ def averaged(model: nn.Module, slot: int = 0, present: list[int] | None = None):
     return in_slot(model, mean, slot)
 
 
-def present(n: int, gone: frozenset[int]) -> list[int]:
-    """The clients of 0..n-1 that have not departed (core/membership.py)."""
-    return [c for c in range(n) if c not in gone]
-
-
 def summarize(acc: np.ndarray) -> dict[str, float]:
     """mean, std, min and max of the per-client accuracies."""
     return {"mean": float(acc.mean()), "std": float(acc.std()),
@@ -141,7 +136,7 @@ def report(acc: np.ndarray, averaged_acc: float, loss: np.ndarray,
     """The evaluation record of a round: per-client accuracies, their aggregates, the averaged
     adapter's accuracy, and the clients' validation cross-entropy (each and mean). Departed
     clients (`gone`) are evaluated as they left, listed, and kept out of the aggregates."""
-    here = present(len(acc), gone)
+    here = membership.present(len(acc), gone)
     out = {"client_acc": acc.round(5).tolist(), **summarize(acc[here]),
            "averaged_adapter_acc": float(averaged_acc),
            "client_val_loss": loss.round(6).tolist(), "val_loss": float(loss[here].mean())}

@@ -50,10 +50,13 @@ class Federation:
         """The method's mixing weights for round t, without the departed clients."""
         return membership.without(self.policy.weights(self.mixing(t)), self.departed(t))
 
+    def departed_rows(self, t: int) -> list[int]:
+        """The departed clients held, as rows of the held clients' tensors."""
+        return [c - self.clients.start for c in sorted(self.departed(t)) if c in self.clients]
+
     def frozen(self, t: int):
         """A context in which round t may run: the departed clients held come out unchanged."""
-        rows = [c - self.clients.start for c in sorted(self.departed(t)) if c in self.clients]
-        return membership.frozen(self.model, self.optimizer, rows)
+        return membership.frozen(self.model, self.optimizer, self.departed_rows(t))
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Checkpoint form: every per-client tensor, and the AdamW state as named tensors."""
@@ -118,7 +121,7 @@ def local_training(fed: Federation, t: int) -> np.ndarray:
         return {**fed.make_batch(t, k, clients), "dropout_seeds": torch.tensor(seeds)}
 
     losses = train.local_round(fed.model, fed.optimizer, batch, fed.n_clients, fed.local)
-    losses[[c - fed.clients.start for c in fed.departed(t) if c in fed.clients]] = np.nan
+    losses[fed.departed_rows(t)] = np.nan
     return losses
 
 
@@ -132,12 +135,11 @@ def round_record(fed: Federation, t: int, losses: np.ndarray) -> dict:
     """The start of round t's metrics record (both engines add the mixing's numbers); `losses`
     of every client, a departed one's loss null (and not in train_loss)."""
     gone = fed.departed(t)
-    here = np.array([c not in gone for c in range(len(losses))])
     record = {"round": t, "phase": phase_name(fed.policy, t),
               "switch_interval": fed.policy.interval_at(t),
-              "train_loss": float(losses[here].mean()),
-              "client_loss": [x if ok else None for x, ok in zip(losses.round(5).tolist(), here,
-                                                                 strict=True)]}
+              "train_loss": float(losses[membership.present(len(losses), gone)].mean()),
+              "client_loss": [None if c in gone else x
+                              for c, x in enumerate(losses.round(5).tolist())]}
     if gone:
         record["departed"] = sorted(gone)
     if fed.rho_segments:

@@ -94,6 +94,11 @@ def applied(w: np.ndarray, excluded: set[int] | dict[int, str]) -> np.ndarray:
     return w
 
 
+def present(n: int, gone: frozenset[int]) -> list[int]:
+    """The clients of 0..n-1 that have not departed."""
+    return [c for c in range(n) if c not in gone]
+
+
 def without(w: np.ndarray, gone: frozenset[int]) -> np.ndarray:
     """W with the departed clients' columns out and every other row renormalised to sum to 1
     (a row left with no weight keeps its own value); a departed client's row is the identity's."""

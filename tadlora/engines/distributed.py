@@ -55,7 +55,7 @@ import torch.distributed as dist
 from ..core import estimate, evaluate, gossip, lora
 from ..core.evaluate import EvalSet
 from ..core.federation import Federation, local_training, mixed_kinds, prepare_round
-from ..core.membership import applied
+from ..core.membership import applied, present
 from . import exchange, faults, records
 from .base import State
 from .exchange import Received, Stamp
@@ -202,7 +202,7 @@ def evaluation(fed: Federation, net: Net, t: int, val: EvalSet) -> dict | None:
     if every is None:
         return None
     gone = fed.departed(t)
-    here = evaluate.present(net.n, gone)
+    here = present(net.n, gone)
     with evaluate.in_slot(fed.model, {k: x[here].mean(0) for k, x in every.items()}):
         avg = evaluate.accuracies(fed.model, val, 1, spec.precision, spec.device)
     a = both[:, 0].numpy().astype(acc.dtype)  # float32, as the simulator reports it

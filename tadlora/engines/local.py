@@ -24,17 +24,15 @@ from ..core.methods import Joint
 from .base import State
 
 
-def mix_and_measure(model: nn.Module, policy: Joint, w_graph: np.ndarray, t: int,
-                    online: OnlineEstimate | None = None,
-                    gone: frozenset[int] = frozenset()) -> dict:
-    """Mix the round's factors with the method's weights (without the departed clients
-    `gone`); consensus, cross-term error, bytes; with an online estimate, its values ride
-    along (bytes counted) and its record is added."""
+def mix_and_measure(model: nn.Module, policy: Joint, weights: np.ndarray, t: int,
+                    online: OnlineEstimate | None = None) -> dict:
+    """Mix the round's factors with the method's weights (`Federation.weights`: the method's
+    W(t), without departed clients); consensus, cross-term error, bytes; with an online
+    estimate, its values ride along (bytes counted) and its record is added."""
     fac = lora.factors(model)
     kinds = mixed_kinds(policy, t)
     tensors = {f"{k}/{n}": p for k in kinds for n, p in fac[k].items()}
-    w = torch.as_tensor(membership.without(policy.weights(w_graph), gone) if tensors
-                        else np.eye(len(w_graph)))
+    w = torch.as_tensor(weights if tensors else np.eye(len(weights)))
     linear = tensors  # what is mixed as it is: everything, or for product consensus the head
     if policy.mixes_products:
         cross = mix_products(fac, w)
@@ -80,8 +78,7 @@ def run_round(fed: Federation, t: int) -> dict:
     prepare_round(fed, t)
     with fed.frozen(t):
         record = round_record(fed, t, local_training(fed, t))
-        record.update(mix_and_measure(fed.model, fed.policy, fed.mixing(t), t, fed.online,
-                                      fed.departed(t)))
+        record.update(mix_and_measure(fed.model, fed.policy, fed.weights(t), t, fed.online))
     return record
 
 
@@ -92,7 +89,7 @@ def evaluation(fed: Federation, val: EvalSet, t: int) -> dict:
     acc, loss = evaluate.scores(fed.model, val, fed.n_clients, spec.precision, spec.device,
                                 spec.per_forward)
     gone = fed.departed(t)
-    with evaluate.averaged(fed.model, present=evaluate.present(fed.n_clients, gone)):
+    with evaluate.averaged(fed.model, present=membership.present(fed.n_clients, gone)):
         avg = evaluate.accuracies(fed.model, val, 1, spec.precision, spec.device)
     return evaluate.report(acc, avg[0], loss, gone)
 

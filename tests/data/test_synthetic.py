@@ -101,7 +101,7 @@ def test_each_method_obeys_its_policy_on_the_testbed(tmp_path, name):
         assert moved == set(fed.policy.trainable(t)), (t, moved)
         trained = {k: {n: p.detach().clone() for n, p in ps.items()}
                    for k, ps in lora.factors(fed.model).items()}
-        rec = local.mix_and_measure(fed.model, fed.policy, fed.mixing(t), t)
+        rec = local.mix_and_measure(fed.model, fed.policy, fed.weights(t), t)
         fac = lora.factors(fed.model)
         for kind in ("A", "B"):  # the complete graph averages exactly: mixed = in consensus
             if kind in fed.policy.mixed(t):

@@ -21,7 +21,8 @@ def test_logged_cross_term_error_is_the_definition_on_the_factors_gossip_produce
         policy = methods.make(name, None, lambda: 1)
         fac = lora.factors(tiny_model)
         before = {k: {n: p.detach().clone() for n, p in fac[k].items()} for k in ("A", "B")}
-        logged = mix_and_measure(tiny_model, policy, w_graph, t)["cross_term_error"]
+        logged = mix_and_measure(tiny_model, policy, policy.weights(w_graph), t)[
+            "cross_term_error"]
         w = torch.as_tensor(policy.weights(w_graph) if policy.mixed(t) else np.eye(5))
         ideal_errors = []
         for n in before["A"]:
