@@ -3,6 +3,7 @@ per stacked tensor."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,24 +26,27 @@ from .base import State
 
 
 def mix_and_measure(model: nn.Module, policy: Joint, weights: np.ndarray, t: int,
-                    online: OnlineEstimate | None = None) -> dict:
+                    online: OnlineEstimate | None = None, present: list[int] | None = None
+                    ) -> dict:
     """Mix the round's factors with the method's weights (`Federation.weights`: the method's
-    W(t), without departed clients); consensus, cross-term error, bytes; with an online
-    estimate, its values ride along (bytes counted) and its record is added."""
+    W(t), without departed clients); consensus and cross-term error over the `present`
+    clients (default all), bytes; with an online estimate, its values ride along (bytes
+    counted) and its record is added."""
     fac = lora.factors(model)
     kinds = mixed_kinds(policy, t)
     tensors = {f"{k}/{n}": p for k in kinds for n, p in fac[k].items()}
     w = torch.as_tensor(weights if tensors else np.eye(len(weights)))
     linear = tensors  # what is mixed as it is: everything, or for product consensus the head
     if policy.mixes_products:
-        cross = mix_products(fac, w)
+        cross = mix_products(fac, w, present or range(len(w)))
         linear = {k: v for k, v in tensors.items() if k.startswith("head/")}
     else:
-        cross = gossip.cross_term_error(fac["A"], fac["B"], w, *applied_to_factors(w, kinds))
+        cross = gossip.cross_term_error(fac["A"], fac["B"], w, *applied_to_factors(w, kinds),
+                                        clients=present)
     gossip.mix(linear, w)
     record = {
-        "consensus_A": gossip.consensus_distance(fac["A"]),
-        "consensus_B": gossip.consensus_distance(fac["B"]),
+        "consensus_A": gossip.consensus_distance(_rows(fac["A"], present)),
+        "consensus_B": gossip.consensus_distance(_rows(fac["B"], present)),
         "cross_term_error": cross,
         "bytes_sent": gossip.bytes_sent(w.numpy(), tensors),
     }
@@ -63,13 +67,18 @@ def online_step(online: OnlineEstimate, t: int, w: np.ndarray) -> dict:
     return {**estimate.summary(online.estimates()), "online_bytes": sent}
 
 
-def mix_products(fac: dict, w: torch.Tensor) -> float:
-    """A and B of every client replaced by the product consensus; its truncation error."""
-    new_a, new_b, error = gossip.product_consensus(fac["A"], fac["B"], w, range(len(w)))
+def _rows(tensors: dict[str, torch.Tensor], clients: list[int] | None) -> dict:
+    return tensors if clients is None else {k: x[clients] for k, x in tensors.items()}
+
+
+def mix_products(fac: dict, w: torch.Tensor, targets: Sequence[int]) -> float:
+    """A and B of the `targets` replaced by their product consensus; its truncation error."""
+    new_a, new_b, error = gossip.product_consensus(fac["A"], fac["B"], w, targets)
+    rows = list(targets)
     with torch.no_grad():
         for name in fac["A"]:
-            fac["A"][name].copy_(new_a[name])
-            fac["B"][name].copy_(new_b[name])
+            fac["A"][name][rows] = new_a[name]
+            fac["B"][name][rows] = new_b[name]
     return error
 
 
@@ -78,7 +87,8 @@ def run_round(fed: Federation, t: int) -> dict:
     prepare_round(fed, t)
     with fed.frozen(t):
         record = round_record(fed, t, local_training(fed, t))
-        record.update(mix_and_measure(fed.model, fed.policy, fed.weights(t), t, fed.online))
+        record.update(mix_and_measure(fed.model, fed.policy, fed.weights(t), t, fed.online,
+                                      membership.present(fed.n_clients, fed.departed(t))))
     return record
 
 

@@ -9,7 +9,7 @@ import torch
 
 from ..core import gossip, lora
 from ..core.federation import Federation, applied_to_factors, round_record
-from ..core.membership import applied, renormalised
+from ..core.membership import applied, present, renormalised
 from . import auth, exchange
 from .exchange import Received
 from .net import EXCHANGES, Net, mixed_keys
@@ -77,7 +77,7 @@ def report(fed: Federation, net: Net, t: int, losses: np.ndarray,
                   for i in (0, 1)]
     losses = per_client[0].astype(np.float32)  # as the simulator has them
     record = round_record(fed, t, losses)
-    record.update(_diagnostics(net, fed, kinds, w, got, full))
+    record.update(_diagnostics(net, fed, kinds, w, got, full, present(net.n, fed.departed(t))))
     record.update(bytes_sent=per_client[1].astype(int).tolist(), peers=net.world, mode=net.mode)
     record.update({key: (r[:, i].astype(int) if "bytes" in key else r[:, i].round(4)).tolist()
                    for i, key in enumerate(PER_PEER)})
@@ -98,9 +98,10 @@ def _exclusions(codes: np.ndarray, n: int) -> dict:
 
 
 def _diagnostics(net: Net, fed: Federation, kinds: frozenset[str], w: np.ndarray,
-                 got: Received, gathered: torch.Tensor | None) -> dict:
-    """Consensus distances and cross-term error from every client's factors (rank 0), as
-    engines.local.mix_and_measure computes them; None where they cannot be had."""
+                 got: Received, gathered: torch.Tensor | None, here: list[int]) -> dict:
+    """Consensus distances and cross-term error over the clients `here` (those not departed)
+    from every client's factors (rank 0), as engines.local.mix_and_measure computes them;
+    None where they cannot be had."""
     out = dict.fromkeys(("consensus_A", "consensus_B", "cross_term_error"))
     if not net.diagnostics:
         return out
@@ -124,14 +125,14 @@ def _diagnostics(net: Net, fed: Federation, kinds: frozenset[str], w: np.ndarray
         keys = [(k, name) for k, ps in pre.items() for name in ps]
         held = held_factors(keys, [pre[k][name] for k, name in keys], bad)
         post_a, post_b, cross = gossip.product_consensus(
-            held["A"], held["B"], torch.as_tensor(applied(w, bad)), range(net.n))
+            held["A"], held["B"], torch.as_tensor(applied(w, bad)), here)
         post = {"A": post_a, "B": post_b}
     else:
-        post = {k: {name: mix_held(w, range(net.n), [x], bad)[0] if k in kinds else x
+        post = {k: {name: (mix_held(w, range(net.n), [x], bad)[0] if k in kinds else x)[here]
                     for name, x in ps.items()} for k, ps in pre.items()}
         wu = torch.as_tensor(renormalised(w, bad))
         done = applied_to_factors(torch.as_tensor(applied(w, bad)), kinds)
-        cross = gossip.cross_term_error(pre["A"], pre["B"], wu, *done)
+        cross = gossip.cross_term_error(pre["A"], pre["B"], wu, *done, clients=here)
     values = {"consensus_A": gossip.consensus_distance(post["A"]),
               "consensus_B": gossip.consensus_distance(post["B"]), "cross_term_error": cross}
     return {k: (v if np.isfinite(v) else None) for k, v in values.items()}

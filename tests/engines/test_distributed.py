@@ -48,6 +48,18 @@ def test_four_peers_p2p_match_the_simulator_every_round(nodrop_model_dir, tmp_pa
         assert r["diagnostic_bytes"][0] == 0 and min(r["diagnostic_bytes"][1:]) > 0
 
 
+@pytest.mark.parametrize("mode", ["all_gather", "p2p"])
+def test_product_consensus_peers_match_the_simulator_every_round(nodrop_model_dir, tmp_path,
+                                                                 mode):
+    """decaf: each peer re-factorises its own clients' mixed products from the factors it
+    received; the result, records and diagnostics are the simulator's."""
+    argv = args(nodrop_model_dir, tmp_path, "d", "method.name=decaf", f"distributed.mode={mode}",
+                "distributed.keep_slices=true")
+    rc, _, err = tadlora("launch", "--peers", "2", *argv)
+    assert rc == 0, err
+    check_parity(argv, tmp_path / "d", peers=2, mode=mode)
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_with_dropout_peers_match_the_simulator_in_any_grouping(tiny_model_dir, tmp_path,
                                                                 precision):
