@@ -188,12 +188,15 @@ Share = Callable[[np.ndarray], np.ndarray]  # held clients' proposals -> every c
 
 
 def online_round(est: OnlineEstimate, t: int, w_rows: np.ndarray, every: np.ndarray,
-                 share: Share) -> bool:
+                 share: Share, silent: list[int] | None = None) -> bool:
     """Round t on the held clients: absorb the mixing and, at a window's end, decide on the
-    proposals that `share` brings from every client. Returns whether proposals were sent."""
+    proposals that `share` brings from every client; the held rows `silent` (departed
+    clients) propose nothing. Returns whether proposals were sent."""
     due = est.absorb(t, w_rows, every)
     if due:
-        est.decide(t, share(est.proposals()))
+        proposals = est.proposals()
+        proposals[silent or []] = 0
+        est.decide(t, share(proposals))
     return due
 
 
@@ -210,20 +213,23 @@ def summary(estimates: np.ndarray) -> dict:
             "rho_estimate_spread": float(ok.std()) if ok.size else None}
 
 
-def step_all(est: OnlineEstimate, t: int, w: np.ndarray) -> None:
+def step_all(est: OnlineEstimate, t: int, w: np.ndarray, silent: list[int] | None = None
+             ) -> None:
     """Round t for an estimator holding every client (replays, studies)."""
-    online_round(est, t, w, est.payload(), lambda proposals: proposals)
+    online_round(est, t, w, est.payload(), lambda proposals: proposals, silent)
 
 
-def replay(est: OnlineEstimate, upto: int, mixing: Callable[[int], np.ndarray]) -> None:
-    """Bring `est` to round `upto` (a resumed run): the estimate depends only on the graphs,
-    so every client's state is recomputed from round 0 and the held rows kept."""
+def replay(est: OnlineEstimate, upto: int, mixing: Callable[[int], np.ndarray],
+           silent: Callable[[int], list[int]] = lambda t: []) -> None:
+    """Bring `est` to round `upto` (a resumed run): the estimate depends only on the graphs
+    (and on which clients had departed, `silent`), so every client's state is recomputed
+    from round 0 and the held rows kept."""
     if est.next_round >= upto:
         return
     full = OnlineEstimate(est.n, est.seed, est.c, range(est.n), est.schedule)
     est.schedule.reset()
     for t in range(upto):
-        step_all(full, t, mixing(t))
+        step_all(full, t, mixing(t), silent(t))
     rows = slice(est.held.start, est.held.stop)
     for name in _LOCAL:
         setattr(est, name, getattr(full, name)[rows])

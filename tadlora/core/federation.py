@@ -104,7 +104,7 @@ def prepare_round(fed: Federation, t: int) -> None:
     """Trainable flags, optimizer-state policy, the round's learning rate and dropout seed.
     A resumed run with an online estimate first replays it to round t (core/estimate.replay)."""
     if fed.online is not None:
-        replay(fed.online, t, fed.weights)
+        replay(fed.online, t, fed.weights, lambda r: sorted(fed.departed(r)))
     params = train.set_trainable(fed.model, trained_kinds(fed.policy, t))
     switched = t > 0 and fed.policy.trainable(t) != fed.policy.trainable(t - 1)
     if train.OPTIMIZER_STATES[fed.local.optimizer_state](switched):

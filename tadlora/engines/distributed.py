@@ -121,7 +121,8 @@ def _apply(fed: Federation, net: Net, t: int, fac: dict, kinds: frozenset[str],
     every = _every_client(net, got, params + probes)
     decided = bool(probes) and estimate.online_round(
         fed.online, t, applied(w, got.excluded)[net.clients.start:net.clients.stop],
-        every.pop().double().cpu().numpy(), lambda proposals: _share(net, proposals))
+        every.pop().double().cpu().numpy(), lambda proposals: _share(net, proposals),
+        fed.departed_rows(t))
     new = mix_held(w, net.clients, every, got.excluded)
     if fed.policy.mixes_products:
         new = _products(net, keys, every, new, w, got)

@@ -51,18 +51,21 @@ def mix_and_measure(model: nn.Module, policy: Joint, weights: np.ndarray, t: int
         "bytes_sent": gossip.bytes_sent(w.numpy(), tensors),
     }
     if online is not None:  # bytes_sent includes online_bytes
-        record.update(online_step(online, t, w.numpy()))
+        record.update(online_step(online, t, w.numpy(), present))
         record["bytes_sent"] = [a + b for a, b in zip(record["bytes_sent"],
                                                       record["online_bytes"], strict=True)]
     return record
 
 
-def online_step(online: OnlineEstimate, t: int, w: np.ndarray) -> dict:
+def online_step(online: OnlineEstimate, t: int, w: np.ndarray,
+                present: list[int] | None = None) -> dict:
     """The estimate's round: its values mixed with the factors' W, the proposals of a
-    decision round shared with every client; its record and the bytes it sent."""
+    decision round (from the `present` clients, default all) shared with every client; its
+    record and the bytes it sent."""
     every = online.payload()
     sent = gossip.bytes_sent(w, {"online": torch.from_numpy(every)})
-    if estimate.online_round(online, t, w, every, lambda proposals: proposals):
+    silent = None if present is None else sorted(set(range(len(w))) - set(present))
+    if estimate.online_round(online, t, w, every, lambda proposals: proposals, silent):
         sent = [b + estimate.decision_bytes(len(w)) for b in sent]
     return {**estimate.summary(online.estimates()), "online_bytes": sent}
 

@@ -139,3 +139,19 @@ def test_summary_and_bytes():
     assert s["rho_estimate"] == pytest.approx(0.3)
     assert s["rho_estimate_spread"] == pytest.approx(0.1)
     assert estimate.decision_bytes(N) == 36
+
+
+def test_departed_clients_propose_nothing_and_a_replay_knows_it():
+    """The held rows `silent` (departed clients) send a proposal of 0; a replay given the same
+    departures rebuilds the live schedule, one without them does not have to."""
+    mixing = topology.mixing_process("er", N, 1, 0.3)
+    silent = lambda t: [0, 1, 2, 3, 4, 5, 6, 7] if t >= WINDOW - 1 else []  # noqa: E731
+    live, sent = fresh(1), []
+    for t in range(2 * WINDOW):
+        estimate.online_round(live, t, mixing(t), live.payload(),
+                              lambda p: sent.append(p.copy()) or p, silent(t))
+    assert len(sent) == 2 and all((p[:8] == 0).all() and (p[8:] > 0).all() for p in sent)
+    assert live.schedule.interval(WINDOW) == min(sent[0][8:])  # lower median of two
+    resumed = OnlineEstimate(N, 1, 1.0, range(2, 5), PhaseSchedule([(0, 1)]))
+    replay(resumed, 2 * WINDOW, mixing, silent)
+    assert resumed.schedule.segments == live.schedule.segments
