@@ -8,7 +8,8 @@ from pathlib import Path
 
 from ..core.methods import DEFAULT_C, switch_interval
 from ..runs.config import ConfigError
-from . import online, phase
+from ..runs.rundir import CONFIG, METRICS
+from . import online, phase, records
 from .plots import plot_task
 from .results import (
     best_t,
@@ -113,19 +114,40 @@ def t_table(found: list[dict]) -> list[str]:
             f"connectivities: **c = {c:.3f}**.", ""]
 
 
+def sweeps_under(root: Path) -> list[Path]:
+    """The sweeps of a directory of sweeps (results/, study/records): its subdirectories that
+    hold runs, when it holds none itself (no run directory or bundle directly in it); else []."""
+    def is_runs(d: Path) -> bool:
+        return (d / CONFIG).is_file() and (d / METRICS).is_file()
+    children = sorted(d for d in root.iterdir() if d.is_dir())
+    if (root / records.BUNDLE).is_file() or any(is_runs(d) for d in children):
+        return []
+    return [d for d in children if (d / records.BUNDLE).is_file()
+            or any(is_runs(c) for c in d.iterdir() if c.is_dir())]
+
+
 def write_report(runs_dir: str | Path, out: str | Path | None = None) -> Path:
-    """report.md and the PNG plots in `out` (default RUNS_DIR/report); returns report.md."""
+    """report.md and the PNG plots in `out` (default RUNS_DIR/report); returns report.md.
+    A directory of sweeps gets one report per sweep, in out/<sweep>/, and an index: a run of
+    the same config in two sweeps is never counted twice."""
     root = Path(runs_dir)
     out = Path(out) if out else root / "report"
+    if sweeps := sweeps_under(root):
+        return _index(root, out, [(d.name, *_write_one(d, out / d.name)) for d in sweeps])
+    return _write_one(root, out)[0]
+
+
+def _write_one(root: Path, out: Path) -> tuple[Path, str]:
+    """The report of the runs under `root`; its path and its count of runs."""
     out.mkdir(parents=True, exist_ok=True)
     rows = collect(root)
     done = [r for r in rows if r["finished"]]
     hours = sum(r["wall"] or 0 for r in done) / 3600
     write_runs_csv(rows, out / "runs.csv")
+    counts = (f"{len(done)} finished runs ({hours:.2f} h of run wall time in all); "
+              f"{len(rows) - len(done)} unfinished runs not counted")
     lines = [f"# Report on {root}", "", f"Regenerate: `tadlora report {root} --out {out}`", "",
-             f"{len(done)} finished runs ({hours:.2f} h of run wall time in all); "
-             f"{len(rows) - len(done)} unfinished runs not counted. One line per run: "
-             "[runs.csv](runs.csv).", ""]
+             f"{counts}. One line per run: [runs.csv](runs.csv).", ""]
     mixed = mixed_settings(rows)
     if mixed:
         lines += [f"**Warning**: seeds of one cell differ in {', '.join(mixed)}.", ""]
@@ -145,6 +167,17 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None) -> Path:
     lines += online.pages(rows, out)
     path = out / "report.md"
     path.write_text("\n".join(lines))
+    return path, counts
+
+
+def _index(root: Path, out: Path, reports: list[tuple[str, Path, str]]) -> Path:
+    """out/report.md: a link to each sweep's report, with its count of runs."""
+    lines = [f"# Reports on {root}", "", f"Regenerate: `tadlora report {root} --out {out}`", "",
+             "One report per sweep (a directory of runs or a bundle):", ""]
+    for name, path, counts in reports:
+        lines.append(f"- [{name}]({path.relative_to(out)}): {counts}")
+    path = out / "report.md"
+    path.write_text("\n".join([*lines, ""]))
     return path
 
 

@@ -6,7 +6,7 @@ import numpy as np
 
 from tadlora.study import report
 from tadlora.study.results import best_t, collect, fit_c
-from tests.study.conftest import ACC
+from tests.study.conftest import ACC, fake_run
 
 
 def test_report_markdown_and_plots(study, tmp_path):
@@ -62,3 +62,21 @@ def test_cell_text_shows_spread_only_over_several_seeds():
 def test_paired_table_shows_the_differences_against_lora(study, tmp_path):
     text = report.write_report(study, tmp_path / "rep").read_text()
     assert "| tad | -2.00 ± 3.00 (n=3; ahead on 1) | +5.00 ± 3.61 (n=3; ahead on 3) |  |" in text
+
+
+def test_a_directory_of_sweeps_gets_one_report_per_sweep(tmp_path):
+    """results/ or study/records: each sweep reported on its own (the same config in two
+    sweeps counts once in each), with an index; a directory of runs stays one report."""
+    root = tmp_path / "records"
+    for sweep, acc in (("a", 0.7), ("b", 0.9)):
+        for seed in range(2):
+            fake_run(root / sweep, f"lora_{seed}", ["method.name=lora", f"run.seed={seed}"],
+                     acc)
+    assert report.sweeps_under(root) == [root / "a", root / "b"]
+    assert report.sweeps_under(root / "a") == []
+    index = report.write_report(root, tmp_path / "rep")
+    text = index.read_text()
+    assert "- [a](a/report.md): 2 finished runs" in text and "- [b](b/report.md)" in text
+    for sweep, acc in (("a", 70), ("b", 90)):
+        sub = (tmp_path / "rep" / sweep / "report.md").read_text()
+        assert "2 finished runs" in sub and f"| lora | 0.005 | {acc:.2f} ± 0.00 (2) |" in sub
