@@ -130,13 +130,16 @@ def cover(parts: list[Slice], rnd: int, want: range) -> list[tuple[range, Path]]
 
 
 def read_rows(chosen: list[tuple[range, Path]], want: range, interval: int | None
-              ) -> tuple[Tensors, Tensors]:
+              ) -> tuple[Tensors, Tensors, dict]:
     """The rows of the clients `want` from the slices `chosen` (as `cover` gives them), after
-    checking that each was made with switch interval `interval`."""
+    checking that each was made with switch interval `interval`, and the first slice's
+    state.json."""
+    metas = []
     tensors: dict[str, list[torch.Tensor]] = {}
     moments: dict[str, list[torch.Tensor]] = {}
     for held, d in chosen:
         meta, t, o = read(d)
+        metas.append(meta)
         if meta.get("switch_interval") != interval:
             raise CheckpointError(
                 f"{d} was made with switch interval {meta.get('switch_interval')}, the config "
@@ -148,4 +151,4 @@ def read_rows(chosen: list[tuple[range, Path]], want: range, interval: int | Non
         for k, x in o.items():
             moments.setdefault(k, []).append(x[rows] if x.dim() else x)
     return ({k: torch.cat(v) for k, v in tensors.items()},
-            {k: torch.cat(v) if v[0].dim() else v[0] for k, v in moments.items()})
+            {k: torch.cat(v) if v[0].dim() else v[0] for k, v in moments.items()}, metas[0])

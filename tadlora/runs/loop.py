@@ -62,8 +62,8 @@ def _read_round(engine: Engine, parts: list, rnd: int, n: int) -> tuple | None:
     when a slice is corrupt; agreed by all processes."""
     chosen = checkpoint.cover(parts, rnd, engine.fed.clients)
     try:
-        rows = checkpoint.read_rows(chosen, engine.fed.clients, engine.fed.policy.interval)
-        meta = checkpoint.read_meta(chosen[0][1])
+        *rows, meta = checkpoint.read_rows(chosen, engine.fed.clients,
+                                           engine.fed.policy.interval)
     except checkpoint.CorruptCheckpoint as e:
         warn(f"{e}; falling back to an older checkpoint")
         rows = None

@@ -52,7 +52,8 @@ def test_rows_come_from_whichever_slices_of_one_round_hold_them(tmp_path):
     assert sorted(r for r, _, _ in parts) == [4, 4, 6]
     assert checkpoint.cover(parts, 6, range(2, 5)) is None  # round 6: rank 1's slice is missing
     chosen = checkpoint.cover(parts, 4, range(2, 5))
-    t, m = checkpoint.read_rows(chosen, range(2, 5), interval=1)
+    t, m, meta = checkpoint.read_rows(chosen, range(2, 5), interval=1)
+    assert meta["round"] == 4 and meta["clients"][0] <= 2
     assert t["A/l"][:, 0, 0].tolist() == [2.0, 3.0, 4.0]
     assert m["A/l::exp_avg"][:, 0, 0].tolist() == [20.0, 30.0, 40.0]
     assert m["A/l::step"].item() == 5.0
