@@ -92,12 +92,13 @@ def _product_svd(w_rows: torch.Tensor, b: torch.Tensor, a: torch.Tensor
 
 def _by_degree(w_rows: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The rows of `w_rows` grouped by their number of nonzero weights: (rows, their nonzero
-    columns in order (rows, k)) per group. A target's SVD then reads its neighbours only, so
-    it is the same computation whichever other clients' rows a peer holds (p2p: zeros)."""
+    columns in order (rows, k)) per group; a row of zeros is in none. A target's SVD then
+    reads its neighbours only, so it is the same computation whichever other clients' rows a
+    peer holds (p2p: zeros)."""
     nonzero = w_rows != 0
     degree = nonzero.sum(1)
     groups = []
-    for k in degree.unique().tolist():
+    for k in [k for k in degree.unique().tolist() if k > 0]:
         rows = torch.nonzero(degree == k).flatten()
         cols = torch.nonzero(nonzero[rows])[:, 1].reshape(len(rows), k)
         groups.append((rows, cols))

@@ -120,3 +120,21 @@ def test_product_consensus_is_exact_when_the_product_has_rank_r():
                                                    range(2))
     assert error < 1e-6
     assert torch.allclose(new_b["l"] @ new_a["l"], b["l"] @ a["l"], atol=1e-5)
+
+
+def test_a_targets_product_consensus_reads_its_neighbours_only():
+    """What a p2p peer needs: a target's result is bit-equal whatever the rows of clients it
+    gives no weight have (a peer holds zeros there), whichever targets share the call, and
+    with its neighbours in any degree group."""
+    torch.manual_seed(1)
+    n, d, r = 6, 8, 2
+    a, b = {"l": torch.randn(n, r, d)}, {"l": torch.randn(n, d, r)}
+    w = torch.as_tensor(topology.metropolis_hastings(topology.erdos_renyi(n, 0, 3, 0.4)))
+    every = gossip.product_consensus(a, b, w, range(n))
+    for i in range(n):
+        far = (w[i] == 0).nonzero().flatten()
+        a2, b2 = {"l": a["l"].clone()}, {"l": b["l"].clone()}
+        a2["l"][far], b2["l"][far] = 0.0, 7.0
+        alone = gossip.product_consensus(a2, b2, w, [i])
+        assert torch.equal(alone[0]["l"][0], every[0]["l"][i])
+        assert torch.equal(alone[1]["l"][0], every[1]["l"][i])
