@@ -85,6 +85,9 @@ def test_shipped_sweep_files_load():
     mnli = load_sweep(REPO / "sweeps" / "study_mnli.toml")
     cfg = config.load(None, mnli.runs[0][1])
     assert cfg.data.source == "files" and cfg.data.max_length == 128
+    for path in sorted((REPO / "sweeps").glob("*.toml")):  # every shipped sweep's every run
+        s = load_sweep(path)
+        assert s.runs and all(config.load(s.base, o) for _, o in s.runs), path.name
 
 
 def test_precision_rt_is_study_rt_in_fp32():
