@@ -26,12 +26,13 @@ from .base import State
 
 
 def mix_and_measure(model: nn.Module, policy: Joint, weights: np.ndarray, t: int,
-                    online: OnlineEstimate | None = None, present: list[int] | None = None
+                    online: OnlineEstimate | None = None, departed: list[int] | None = None
                     ) -> dict:
     """Mix the round's factors with the method's weights (`Federation.weights`: the method's
-    W(t), without departed clients); consensus and cross-term error over the `present`
-    clients (default all), bytes; with an online estimate, its values ride along (bytes
-    counted) and its record is added."""
+    W(t), without departed clients); consensus and cross-term error over the clients not
+    `departed`, bytes; with an online estimate, its values ride along (bytes counted; the
+    departed propose no T) and its record is added."""
+    present = membership.present(len(weights), frozenset(departed)) if departed else None
     fac = lora.factors(model)
     kinds = mixed_kinds(policy, t)
     tensors = {f"{k}/{n}": p for k in kinds for n, p in fac[k].items()}
@@ -51,21 +52,20 @@ def mix_and_measure(model: nn.Module, policy: Joint, weights: np.ndarray, t: int
         "bytes_sent": gossip.bytes_sent(w.numpy(), tensors),
     }
     if online is not None:  # bytes_sent includes online_bytes
-        record.update(online_step(online, t, w.numpy(), present))
+        record.update(online_step(online, t, w.numpy(), departed))
         record["bytes_sent"] = [a + b for a, b in zip(record["bytes_sent"],
                                                       record["online_bytes"], strict=True)]
     return record
 
 
 def online_step(online: OnlineEstimate, t: int, w: np.ndarray,
-                present: list[int] | None = None) -> dict:
+                departed: list[int] | None = None) -> dict:
     """The estimate's round: its values mixed with the factors' W, the proposals of a
-    decision round (from the `present` clients, default all) shared with every client; its
-    record and the bytes it sent."""
+    decision round (none from the `departed`) shared with every client; its record and the
+    bytes it sent."""
     every = online.payload()
     sent = gossip.bytes_sent(w, {"online": torch.from_numpy(every)})
-    silent = None if present is None else sorted(set(range(len(w))) - set(present))
-    if estimate.online_round(online, t, w, every, lambda proposals: proposals, silent):
+    if estimate.online_round(online, t, w, every, lambda proposals: proposals, departed):
         sent = [b + estimate.decision_bytes(len(w)) for b in sent]
     return {**estimate.summary(online.estimates()), "online_bytes": sent}
 
@@ -91,7 +91,7 @@ def run_round(fed: Federation, t: int) -> dict:
     with fed.frozen(t):
         record = round_record(fed, t, local_training(fed, t))
         record.update(mix_and_measure(fed.model, fed.policy, fed.weights(t), t, fed.online,
-                                      membership.present(fed.n_clients, fed.departed(t))))
+                                      fed.departed_rows(t)))
     return record
 
 

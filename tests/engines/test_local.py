@@ -57,7 +57,7 @@ def test_diagnostics_leave_a_departed_client_out(tiny_model):
         fac = lora.factors(tiny_model)
         sub = {k: {n: p.detach()[here].clone() for n, p in fac[k].items()} for k in "AB"}
         gone_before = {n: p.detach()[2].clone() for n, p in fac["A"].items()}
-        rec = mix_and_measure(tiny_model, policy, w, 0, present=here)
+        rec = mix_and_measure(tiny_model, policy, w, 0, departed=[2])
         w_sub = torch.as_tensor(w[np.ix_(here, here)])
         if name == "lora":
             cross = gossip.cross_term_error(sub["A"], sub["B"], w_sub, w_sub, w_sub)
