@@ -49,10 +49,11 @@ def cross_term_error(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], w: 
     product is zero (B = 0 at the start) are left out; 0.0 if nothing is left. `clients`: the
     clients averaged over (default all; a departed client's row is left out)."""
     errors = []
+    device = next(iter(a.values())).device if a else "cpu"
+    w_, wa, wb = (_rows(m.to(device, torch.float32), clients) for m in (w, w_a, w_b))
     with torch.no_grad():
         for name in a:
             x, y = a[name].float(), b[name].float()  # (n, r, d_in), (n, d_out, r)
-            w_, wa, wb = (_rows(m.to(x.device, torch.float32), clients) for m in (w, w_a, w_b))
             n, d_out, r = y.shape
             step = _chunk(n, d_out, max(x.shape[2], n * r))
             for i in range(0, w_.shape[0], step):
@@ -120,13 +121,15 @@ def product_consensus(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], w:
     truncation error ||B'_i A'_i - P_i||_F / ||P_i||_F (its cross-term error; clients with
     P_i = 0 left out)."""
     new_a, new_b, errors = {}, {}, []
+    device = next(iter(a.values())).device if a else "cpu"
+    w_ = _rows(w.to(device, torch.float32), targets)
+    groups = _by_degree(w_)  # the same W for every layer
     with torch.no_grad():
         for name in a:
             x, y = a[name].float(), b[name].float()  # (n, r, d_in), (n, d_out, r)
-            w_ = _rows(w.to(x.device, torch.float32), targets)
             r = x.shape[1]
             na, nb = torch.einsum("ij,jrd->ird", w_, x), torch.einsum("ij,jor->ior", w_, y)
-            for rows, cols in _by_degree(w_):
+            for rows, cols in groups:
                 u, s, vh = _product_svd(torch.gather(w_[rows], 1, cols), y[cols], x[cols])
                 total = s.pow(2).sum(1)
                 zero = total == 0  # P_i = 0: the factor-wise mix stays
