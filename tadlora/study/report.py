@@ -8,7 +8,6 @@ from pathlib import Path
 
 from ..core.methods import DEFAULT_C, switch_interval
 from ..runs.config import ConfigError
-from ..runs.rundir import CONFIG, METRICS
 from . import online, phase, records
 from .plots import plot_task
 from .results import (
@@ -18,6 +17,7 @@ from .results import (
     conn_order,
     fit_c,
     is_reference,
+    is_run_dir,
     mixed_settings,
     order,
     paired,
@@ -117,13 +117,11 @@ def t_table(found: list[dict]) -> list[str]:
 def sweeps_under(root: Path) -> list[Path]:
     """The sweeps of a directory of sweeps (results/, study/records): its subdirectories that
     hold runs, when it holds none itself (no run directory or bundle directly in it); else []."""
-    def is_runs(d: Path) -> bool:
-        return (d / CONFIG).is_file() and (d / METRICS).is_file()
     children = sorted(d for d in root.iterdir() if d.is_dir())
-    if (root / records.BUNDLE).is_file() or any(is_runs(d) for d in children):
+    if (root / records.BUNDLE).is_file() or any(is_run_dir(d) for d in children):
         return []
     return [d for d in children if (d / records.BUNDLE).is_file()
-            or any(is_runs(c) for c in d.iterdir() if c.is_dir())]
+            or any(is_run_dir(c) for c in d.iterdir() if c.is_dir())]
 
 
 def write_report(runs_dir: str | Path, out: str | Path | None = None) -> Path:

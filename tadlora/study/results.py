@@ -81,12 +81,17 @@ def _row(d: Path, name: str, cfg: config.Config, summary: dict | None, metrics: 
                         m["switch_interval"]) for m in metrics if "rho_estimate" in m]}
 
 
+def is_run_dir(d: Path) -> bool:
+    """A run directory: a config.toml and a metrics.jsonl."""
+    return (d / CONFIG).is_file() and (d / METRICS).is_file()
+
+
 def collect(runs_dir: str | Path) -> list[dict]:
-    """Every run directory (config.toml + metrics.jsonl) under runs_dir, recursively, and
-    every run of a bundle (runs.jsonl.gz, study/records.py) there."""
+    """Every run directory (`is_run_dir`) under runs_dir, recursively, and every run of a
+    bundle (runs.jsonl.gz, study/records.py) there."""
     root, rows = Path(runs_dir), []
     for cfg_file in sorted(root.rglob(CONFIG)):
-        if (cfg_file.parent / METRICS).is_file():
+        if is_run_dir(cfg_file.parent):
             try:
                 rows.append(_read_run(cfg_file.parent, root))
             except (ConfigError, ValueError, KeyError, OSError) as e:
