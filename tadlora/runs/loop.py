@@ -27,7 +27,7 @@ from ..core import membership
 from ..core.membership import NO_CHANGE, Change
 from ..engines.base import Engine
 from ..engines.local import LocalEngine
-from . import checkpoint, health
+from . import checkpoint, health, machine
 from .build import Experiment, build
 from .checkpoint import CheckpointError
 from .config import Config, ConfigError
@@ -48,6 +48,7 @@ def summary(exp: Experiment, records: list[dict], wall: float) -> dict:
             "rounds": len(records), "switch_interval": exp.fed.policy.interval_at(
                 len(records) - 1), "rho": exp.rho,
             "precision": exp.fed.local.precision,
+            "machine": machine.describe(exp.fed.local.device),
             "label_names": exp.label_names, "label_counts": exp.label_counts,
             "wall_time_s": round(wall, 1), **last_eval}
 

@@ -43,7 +43,8 @@ def compact_metrics(records: list[dict]) -> list[dict]:
 
 
 BUNDLE = "runs.jsonl.gz"  # a whole sweep in one file
-BUNDLE_SUMMARY = ("mean", "switch_interval", "rho", "wall_time_s")  # what the report reads
+# what the report reads
+BUNDLE_SUMMARY = ("mean", "switch_interval", "rho", "wall_time_s", "machine")
 ONLINE = ("rho_estimate", "rho_estimate_spread", "rho_mc", "switch_interval")
 
 

@@ -4,6 +4,7 @@ directory under RUNS_DIR (what the numbers are: study/results.py)."""
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 from pathlib import Path
 
 from ..core.methods import DEFAULT_C, switch_interval
@@ -135,6 +136,12 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None) -> Path:
     return _write_one(root, out)[0]
 
 
+def machines(done: list[dict]) -> str:
+    """Where the runs ran, as their summaries name it, with a count of runs each."""
+    count = Counter(r["machine"] or "machine not recorded" for r in done)
+    return "; ".join(f"{n} on {m}" for m, n in sorted(count.items(), key=lambda e: -e[1]))
+
+
 def _write_one(root: Path, out: Path) -> tuple[Path, str]:
     """The report of the runs under `root`; its path and its count of runs."""
     out.mkdir(parents=True, exist_ok=True)
@@ -142,8 +149,8 @@ def _write_one(root: Path, out: Path) -> tuple[Path, str]:
     done = [r for r in rows if r["finished"]]
     hours = sum(r["wall"] or 0 for r in done) / 3600
     write_runs_csv(rows, out / "runs.csv")
-    counts = (f"{len(done)} finished runs ({hours:.2f} h of run wall time in all); "
-              f"{len(rows) - len(done)} unfinished runs not counted")
+    counts = (f"{len(done)} finished runs ({hours:.2f} h of run wall time in all; "
+              f"{machines(done)}); {len(rows) - len(done)} unfinished runs not counted")
     lines = [f"# Report on {root}", "", f"Regenerate: `tadlora report {root} --out {out}`", "",
              f"{counts}. One line per run: [runs.csv](runs.csv).", ""]
     mixed = mixed_settings(rows)

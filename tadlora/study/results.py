@@ -74,6 +74,7 @@ def _row(d: Path, name: str, cfg: config.Config, summary: dict | None, metrics: 
             "finished": summary is not None, "final": summary["mean"] if summary else None,
             "T": (summary or {}).get("switch_interval"), "rho": (summary or {}).get("rho"),
             "wall": (summary or {}).get("wall_time_s"),
+            "machine": (summary or {}).get("machine"),
             "evals": [(m["round"] + 1, m["eval"]["mean"]) for m in metrics if "eval" in m],
             "cross": [(m["round"] + 1, m["cross_term_error"]) for m in metrics
                       if m.get("cross_term_error") is not None],
@@ -271,7 +272,7 @@ def best_t(rows: list[dict], task: str) -> list[dict]:
 # ------------------------------------------------------------------ per-run listing
 
 RUN_COLUMNS = ("run", "task", "method", "switch_interval", "T", "lr", "connectivity", "seed",
-               "final_acc", "mean_cross_term_error", "wall_time_s")
+               "final_acc", "mean_cross_term_error", "wall_time_s", "machine")
 
 
 def write_runs_csv(rows: list[dict], path: Path) -> None:
@@ -285,6 +286,6 @@ def write_runs_csv(rows: list[dict], path: Path) -> None:
             si = r["si"] if r["T"] is not None else ""  # methods that never switch: blank
             w.writerow([r["name"], r["task"], r["method"], si, r["T"] or "", r["lr"],
                         r["connectivity"], r["seed"], f"{r['final']:.6f}", cross,
-                        r["wall"] or ""])
+                        r["wall"] or "", r["machine"] or ""])
 
 

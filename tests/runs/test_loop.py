@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from tadlora.core import lora
 from tadlora.core.precision import resolve_precision
 from tadlora.engines import local
-from tadlora.runs import config, loop
+from tadlora.runs import config, loop, machine
 from tadlora.runs.checkpoint import CheckpointError
 from tadlora.runs.config import ConfigError
 from tadlora.runs.health import NonFiniteError, RunWarning, questionable
@@ -54,6 +54,7 @@ def test_run_writes_the_run_directory(tiny_model_dir, tmp_path):
     assert summary["client_acc"] == rows[-1]["eval"]["client_acc"]
     assert len(summary["label_counts"]) == 4 and summary["rho"] is not None
     assert summary["precision"] == resolve_precision("auto", torch.device("cpu"))
+    assert summary["machine"] == machine.describe(torch.device("cpu"))
     assert (d / "checkpoint" / "adapters.safetensors").exists()
     with pytest.raises(ConfigError, match="already holds a run"):
         loop.run(cfg)

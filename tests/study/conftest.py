@@ -30,7 +30,7 @@ def fake_run(root: Path, name: str, overrides: list[str], final: float | None,
         T = cfg.method.switch_interval if cfg.method.name == "tad" else None
         (d / "summary.json").write_text(json.dumps(
             {"mean": final, "rho": rho, "switch_interval": 3 if T == "auto" else T,
-             "wall_time_s": 60.0}))
+             "wall_time_s": 60.0, "machine": "Test CPU (2 cores)"}))
     return d
 
 

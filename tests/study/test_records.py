@@ -45,7 +45,7 @@ def test_a_bundle_holds_a_sweep_in_one_file_and_reports_the_same_numbers(tiny_mo
     assert len(first) < sum(f.stat().st_size for f in runs.rglob("*.jsonl")) / 2
     full, small = results.collect(runs), results.collect(tmp_path / "kept")
     def key(r):
-        return (r["name"], r["method"], r["final"], r["T"], r["evals"],
+        return (r["name"], r["method"], r["final"], r["T"], r["machine"], r["evals"],
                 [(t, f"{c:.4g}") for t, c in r["cross"]])
 
     assert sorted(map(key, small)) == sorted(map(key, full))

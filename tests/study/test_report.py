@@ -12,7 +12,8 @@ from tests.study.conftest import ACC, fake_run
 def test_report_markdown_and_plots(study, tmp_path):
     path = report.write_report(study, tmp_path / "rep")
     text = path.read_text()
-    assert "28 finished runs (0.47 h of run wall time in all); 1 unfinished" in text
+    assert ("28 finished runs (0.47 h of run wall time in all; 28 on Test CPU (2 cores)); "
+            "1 unfinished") in text
     mean, std = np.mean(ACC["lora", 0.002, 0.1]), np.std(ACC["lora", 0.002, 0.1], ddof=1)
     assert f"| lora | 0.002 | {100 * np.mean(ACC['lora', 0.002, 0.5]):.2f} ± " in text
     assert f"{100 * mean:.2f} ± {100 * std:.2f} (3)" in text
@@ -80,3 +81,8 @@ def test_a_directory_of_sweeps_gets_one_report_per_sweep(tmp_path):
     for sweep, acc in (("a", 70), ("b", 90)):
         sub = (tmp_path / "rep" / sweep / "report.md").read_text()
         assert "2 finished runs" in sub and f"| lora | 0.005 | {acc:.2f} ± 0.00 (2) |" in sub
+
+
+def test_the_report_counts_runs_per_machine_and_those_that_name_none():
+    done = [{"machine": "CPU A"}, {"machine": "CPU B"}, {"machine": "CPU B"}, {"machine": None}]
+    assert report.machines(done) == "2 on CPU B; 1 on CPU A; 1 on machine not recorded"

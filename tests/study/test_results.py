@@ -53,6 +53,7 @@ def test_runs_csv_lists_every_finished_run(study, tmp_path):
     assert (row["method"], row["connectivity"], row["seed"], row["lr"]) == ("lora", "ER p=0.1",
                                                                             "1", "0.002")
     assert float(row["final_acc"]) == 0.71 and float(row["wall_time_s"]) == 60.0
+    assert row["machine"] == "Test CPU (2 cores)"
     assert row["switch_interval"] == row["T"] == ""  # lora never switches
     assert float(row["mean_cross_term_error"]) == pytest.approx(0.25)  # mean of 0.1 .. 0.4
 
