@@ -174,3 +174,24 @@ def test_a_model_whose_packed_logits_differ_is_warned_and_stays_padded(monkeypat
     with pytest.warns(RuntimeWarning, match="runs padded batches"):
         assert not packing.prepare(model, ragged(4))
     assert model.config._attn_implementation != packing.IMPLEMENTATION
+
+
+def test_lora_on_the_pooler_packs_and_gives_the_padded_logits_and_gradients():
+    """`dense` also names BERT's pooler, which sees one row per sequence after the encoder."""
+    def bert(prepare):
+        model = tiny_bert()
+        model.config.hidden_dropout_prob = model.config.attention_probs_dropout_prob = 0.0
+        lora.inject(model, N, spec(targets=("query", "value", "dense")), seed=0)
+        randomize(model)
+        assert isinstance(model.bert.pooler.dense, lora.LoRALinear)
+        assert not prepare or packing.prepare(model, ragged(4, seed=9))  # it packs
+        return model
+
+    batch, out = ragged(2 * N), {}
+    for name, model in (("packed", bert(True)), ("padded", bert(False))):
+        with lora.select(model, slice(0, N)):
+            logits = packing.logits(model, batch, N)
+        logits.pow(2).sum().backward()
+        out[name] = logits, grads(model)
+    torch.testing.assert_close(out["packed"][0], out["padded"][0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out["packed"][1], out["padded"][1], atol=1e-5, rtol=1e-4)
