@@ -149,8 +149,9 @@ def _write_one(root: Path, out: Path) -> tuple[Path, str]:
     done = [r for r in rows if r["finished"]]
     hours = sum(r["wall"] or 0 for r in done) / 3600
     write_runs_csv(rows, out / "runs.csv")
-    counts = (f"{len(done)} finished runs ({hours:.2f} h of run wall time in all; "
-              f"{machines(done)}); {len(rows) - len(done)} unfinished runs not counted")
+    where = f"; {machines(done)}" if done else ""
+    counts = (f"{len(done)} finished runs ({hours:.2f} h of run wall time in all{where}); "
+              f"{len(rows) - len(done)} unfinished runs not counted")
     lines = [f"# Report on {root}", "", f"Regenerate: `tadlora report {root} --out {out}`", "",
              f"{counts}. One line per run: [runs.csv](runs.csv).", ""]
     mixed = mixed_settings(rows)
