@@ -55,10 +55,9 @@ def grads(model):
                       for p in ps.values() if p.grad is not None])
 
 
-def test_packed_logits_and_gradients_equal_padded():
-    packed, padded = stacked_bert(), stacked_bert(prepare=False)
-    batch = ragged(2 * N)
-    out = {}
+def assert_packed_equals_padded(packed, padded):
+    """The same batch through both models: equal logits and factor gradients."""
+    batch, out = ragged(2 * N), {}
     for name, model in (("packed", packed), ("padded", padded)):
         with lora.select(model, slice(0, N)):
             logits = packing.logits(model, batch, N)
@@ -66,6 +65,10 @@ def test_packed_logits_and_gradients_equal_padded():
         out[name] = logits, grads(model)
     torch.testing.assert_close(out["packed"][0], out["padded"][0], atol=1e-5, rtol=0)
     torch.testing.assert_close(out["packed"][1], out["padded"][1], atol=1e-5, rtol=1e-4)
+
+
+def test_packed_logits_and_gradients_equal_padded():
+    assert_packed_equals_padded(stacked_bert(), stacked_bert(prepare=False))
 
 
 def test_packing_executes_only_real_tokens():
@@ -187,11 +190,4 @@ def test_lora_on_the_pooler_packs_and_gives_the_padded_logits_and_gradients():
         assert not prepare or packing.prepare(model, ragged(4, seed=9))  # it packs
         return model
 
-    batch, out = ragged(2 * N), {}
-    for name, model in (("packed", bert(True)), ("padded", bert(False))):
-        with lora.select(model, slice(0, N)):
-            logits = packing.logits(model, batch, N)
-        logits.pow(2).sum().backward()
-        out[name] = logits, grads(model)
-    torch.testing.assert_close(out["packed"][0], out["padded"][0], atol=1e-5, rtol=0)
-    torch.testing.assert_close(out["packed"][1], out["padded"][1], atol=1e-5, rtol=1e-4)
+    assert_packed_equals_padded(bert(True), bert(False))
