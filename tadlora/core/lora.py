@@ -6,8 +6,7 @@ batch holds g equal chunks of examples, chunk k belonging to the k-th selected c
 client's gradient lands in its own slice of A.grad / B.grad. The computation per client is
 exactly peft's LoRA: base(x) + (alpha / r) * B @ A @ dropout(x). In a packed forward
 (core/packing.py) the rows are real tokens, a different number per client: each client's tokens
-are gathered, padded to the longest client, for the two batched products. A layer after the
-encoder (BERT's pooler) sees one row per sequence, in equal chunks, as in a padded forward.
+are gathered, padded to the longest client, for the two batched products.
 """
 
 from __future__ import annotations
@@ -82,8 +81,6 @@ class LoRALinear(_Stacked):
         y = self.base(x)
         a, b = self.A[self.clients], self.B[self.clients]  # (g, r, d_in), (g, d_out, r)
         lay, x = packing.current(), self.dropout(x)
-        if lay is not None and x.numel() // x.shape[-1] != lay.token_starts[-1]:
-            lay = None  # after the encoder (a pooler): one row per sequence, equal chunks
         if lay is not None:
             rows = lay.to_clients(x.reshape(-1, x.shape[-1]))
         else:

@@ -106,8 +106,7 @@ class Block:
 
     def unpad(self, x: torch.Tensor) -> torch.Tensor:
         """(b, H, L, dh) -> (t, H, dh)."""
-        h, dh = x.shape[1], x.shape[3]
-        return x.transpose(1, 2).reshape(-1, h, dh).index_select(0, self.slots)
+        return x.transpose(1, 2).reshape(-1, x.shape[1], x.shape[3]).index_select(0, self.slots)
 
 
 def layout(lengths: torch.Tensor, groups: int) -> Layout:
@@ -195,11 +194,12 @@ def _register() -> None:
 
 
 def _first_tokens(module, args, output):
-    """Encoder hook: in a packed forward, the hidden states become (B, 1, d), each sequence's
-    first token, so the classifier's `[:, 0]` pooling sees every sequence."""
+    """Encoder hook: in a packed forward, each sequence's first token, (B, 1, d), for the
+    classifier's `[:, 0]` pooling; the layout ends: what follows (a pooler) runs as if padded."""
     lay = current()
     if lay is None:
         return output
+    _current.set(None)
     first = output[0][0].index_select(0, lay.starts.to(output[0].device)).unsqueeze(1)
     if isinstance(output, tuple):
         return (first, *output[1:])
