@@ -7,6 +7,13 @@ from collections.abc import Callable
 
 import torch
 
+CPU_BF16 = {"avx512_bf16": "_is_avx512_bf16_supported", "AMX": "_is_amx_tile_supported"}
+
+
+def cpu_bf16() -> list[str]:
+    """This CPU's native bf16 features, as torch.cpu reports them (private checks)."""
+    return [name for name, check in CPU_BF16.items() if getattr(torch.cpu, check, lambda: False)()]
+
 
 def native_bf16(device: torch.device) -> bool:
     """Whether the device computes bf16 in hardware: a CUDA card that supports it, or a CPU with
@@ -14,8 +21,7 @@ def native_bf16(device: torch.device) -> bool:
     measured 18x slower than fp32 (benchmarks/bench_throughput.py)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu, private
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+    return bool(cpu_bf16())
 
 
 def _bf16(device: torch.device) -> str:

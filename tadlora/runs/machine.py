@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from ..core import precision
+
 
 def cpu_name() -> str:
     """The CPU's model name from /proc/cpuinfo (Linux), else what platform reports."""
@@ -22,10 +24,7 @@ def cpu_name() -> str:
 
 def cpu_bf16() -> str:
     """Which native bf16 the CPU has (what train.precision=auto looks at), or 'no native bf16'."""
-    found = [name for name, check in (("avx512_bf16", "_is_avx512_bf16_supported"),
-                                      ("AMX", "_is_amx_tile_supported"))
-             if getattr(torch.cpu, check, lambda: False)()]
-    return " + ".join(found) if found else "no native bf16"
+    return " + ".join(precision.cpu_bf16()) or "no native bf16"
 
 
 def describe(device: torch.device) -> str:
