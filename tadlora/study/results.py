@@ -246,19 +246,29 @@ def rho_of(run: dict) -> float:
     return _RHO_CACHE[key]
 
 
+def _trained_t(r: dict) -> int | None:
+    """The fixed T a tad run trained with: its own, or the one auto resolved to (auto builds the
+    same policy with that T, core/methods.py); None for online."""
+    if isinstance(r["si"], int):
+        return r["si"]
+    return r["T"] if r["si"] == "auto" else None
+
+
 def best_t(rows: list[dict], task: str) -> list[dict]:
-    """Per connectivity with >= 2 fixed T for tad: the best T, the T within one std of it, rho."""
+    """Per connectivity with >= 2 fixed T for tad (an auto run counts at its T, unless a fixed
+    run of that T and seed is there): the best T, the T within one std of it, rho."""
     runs = [r for r in best_rows(rows) if r["task"] == task and r["method"] == "tad"]
     out = []
     for conn in conn_order(runs):
         here = [r for r in runs if r["connectivity"] == conn]
-        by_t = defaultdict(list)
-        for r in here:
-            if isinstance(r["si"], int):
-                by_t[r["si"]].append(r["final"])
+        by_t = defaultdict(dict)  # T -> seed -> final; a fixed run first, then an auto one
+        for r in sorted(here, key=lambda r: r["si"] == "auto"):
+            t = _trained_t(r)
+            if t is not None:
+                by_t[t].setdefault(r["seed"], r["final"])
         if len(by_t) < 2:
             continue
-        st = {t: stats(v) for t, v in sorted(by_t.items())}
+        st = {t: stats(list(v.values())) for t, v in sorted(by_t.items())}
         best = max(st, key=lambda t: (st[t][0], -t))
         group = [t for t in st if st[t][0] >= st[best][0] - st[best][1]]
         rho = float(np.mean([rho_of(r) for r in here]))

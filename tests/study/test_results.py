@@ -16,7 +16,7 @@ from tadlora.study.results import (
     pick_lr,
     write_runs_csv,
 )
-from tests.study.conftest import ACC, fake_run
+from tests.study.conftest import ACC, T_BEST, fake_run
 
 
 def test_collect_labels_and_table_values_match_hand_computation(study):
@@ -96,3 +96,16 @@ def test_a_seed_run_twice_in_other_settings_is_not_paired(study):
                                   "run.seed=0", "train.precision=bf16"], 0.99)
     diffs = paired(collect(study), "rotten_tomatoes")
     assert diffs["tad", "ER p=0.1"] == pytest.approx([0.06, 0.01])  # seed 0 is ambiguous now
+
+
+def test_best_t_counts_an_auto_run_at_the_t_it_resolved_to(t_sweep):
+    # the fixture's auto runs resolve to T=3 on seed 0, which a fixed T=3 run already has
+    before = best_t(collect(t_sweep), "rotten_tomatoes")
+    assert [f["stats"][3][2] for f in before] == [2, 2, 2]
+    for p in T_BEST:
+        fake_run(t_sweep, f"{p}_auto_2", ["method.name=tad", f"topology.p={p}", "run.seed=2",
+                                          "topology.rho_samples=300"], 0.9, rho=0.5)
+    after = best_t(collect(t_sweep), "rotten_tomatoes")
+    assert [f["stats"][3][2] for f in after] == [3, 3, 3]  # seed 2 adds; seed 0 not twice
+    assert [f["best"] for f in after] == [3, 3, 3]
+    assert after[0]["stats"][3][0] == pytest.approx(np.mean([0.8 - 0.02, 0.8 - 0.02 + 0.001, 0.9]))
