@@ -9,5 +9,5 @@ trap 'rm -rf "$out"' EXIT
 .venv/bin/tadlora report study/records --out "$out"
 cp "$out/testbed_map/phase_tad_minus_lora_0.png" docs/figures/testbed_tad_minus_lora.png
 cp "$out/testbed_t/phase_best_T_0.png" docs/figures/testbed_best_T.png
-cp "$out/paper_core_sst2/acc_vs_p__sst2.png" docs/figures/paper_sst2_acc_vs_p.png
+cp "$out/paper_sst2/acc_vs_p__sst2.png" docs/figures/paper_sst2_acc_vs_p.png
 echo "figures: docs/figures/*.png"

@@ -67,8 +67,8 @@ def accuracy_tables(rows: list[dict], task: str) -> list[str]:
         out += ["† a topology-independent reference run at one connectivity, repeated.", ""]
     lrs = sorted({r["lr"] for r in mine})
     if len(lrs) > 1:
-        out += ["Learning rate picked per method (score: mean accuracy over the seeds and the "
-                "connectivities run at every lr): "
+        out += ["Learning rate picked per method (score: mean accuracy over the connectivity "
+                "and seed pairs run at every lr): "
                 + "; ".join(f"{label} {picked[task, label][0]:g} (" + ", ".join(
                     f"{lr:g}: {100 * s:.2f}" for lr, s in picked[task, label][1].items()) + ")"
                             for label in labels), "", "All learning rates:", ""]

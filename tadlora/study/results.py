@@ -165,19 +165,31 @@ def cells(rows: list[dict]) -> dict[tuple, tuple[float, float, int]]:
 
 
 def pick_lr(rows: list[dict]) -> dict[tuple[str, str], tuple[float, dict[float, float]]]:
-    """(task, label) -> (best lr, {lr: score}); score = mean over connectivities of the
-    mean over seeds, over the connectivities run at every lr (all, if none is common).
-    Ties go to the smaller lr."""
-    scores = defaultdict(lambda: defaultdict(dict))
-    for (task, label, conn, lr), (mean, _, _) in cells(rows).items():
-        scores[task, label][lr][conn] = mean
+    """(task, label) -> (best lr, {lr: score}); score = mean over connectivities of the mean
+    over seeds, over the (connectivity, seed) runs that every lr has (matched: the same shards
+    and graphs), else over the connectivities that every lr has, else over all. Ties go to the
+    smaller lr."""
+    runs = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for r in rows:
+        if r["finished"]:
+            runs[r["task"], r["label"]][r["lr"]][r["connectivity"], r["seed"]].append(r["final"])
     out = {}
-    for key, by_lr in scores.items():
-        common = set.intersection(*(set(c) for c in by_lr.values()))
-        avg = {lr: float(np.mean([m for c, m in by_conn.items() if c in common or not common]))
-               for lr, by_conn in sorted(by_lr.items())}
+    for key, by_lr in runs.items():
+        pairs = set.intersection(*(set(v) for v in by_lr.values()))
+        conns = set.intersection(*({c for c, _ in v} for v in by_lr.values()))
+        avg = {lr: _score(v, pairs, conns) for lr, v in sorted(by_lr.items())}
         out[key] = (max(avg, key=lambda lr: (avg[lr], -lr)), avg)
     return out
+
+
+def _score(runs: dict[tuple[str, int], list[float]], pairs: set, conns: set) -> float:
+    """Mean over connectivities of the mean over seeds, of the (connectivity, seed) runs in
+    `pairs`; if none, of those at a connectivity in `conns`; if none, of all."""
+    by_conn = defaultdict(list)
+    for (conn, seed), finals in runs.items():
+        if (conn, seed) in pairs if pairs else (conn in conns or not conns):
+            by_conn[conn] += finals
+    return float(np.mean([np.mean(v) for v in by_conn.values()]))
 
 
 def best_rows(rows: list[dict]) -> list[dict]:

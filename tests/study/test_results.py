@@ -109,3 +109,14 @@ def test_best_t_counts_an_auto_run_at_the_t_it_resolved_to(t_sweep):
     assert [f["stats"][3][2] for f in after] == [3, 3, 3]  # seed 2 adds; seed 0 not twice
     assert [f["best"] for f in after] == [3, 3, 3]
     assert after[0]["stats"][3][0] == pytest.approx(np.mean([0.8 - 0.02, 0.8 - 0.02 + 0.001, 0.9]))
+
+
+def test_lr_is_picked_on_the_seeds_every_lr_ran(tmp_path):
+    # 1e-3 on seeds 0-2 (mean 0.74), 5e-4 on seed 0 only: 0.75 beats the 3-seed mean but not
+    # 1e-3's own seed 0 (0.76), so 1e-3 wins on the matched seed
+    for seed, acc in enumerate([0.76, 0.72, 0.74]):
+        fake_run(tmp_path, f"a{seed}", ["method.name=lora", "train.lr=1e-3", f"run.seed={seed}"],
+                 acc)
+    fake_run(tmp_path, "b0", ["method.name=lora", "train.lr=5e-4", "run.seed=0"], 0.75)
+    lr, scores = pick_lr(collect(tmp_path))["rotten_tomatoes", "lora"]
+    assert lr == 1e-3 and scores == {5e-4: pytest.approx(0.75), 1e-3: pytest.approx(0.76)}
