@@ -211,6 +211,7 @@ def execute(engine: Engine, exp: Experiment, run: RunDir, resume: bool,
 
     cfg, t0, writer = exp.cfg, time.time(), engine.rank == 0
     first = start(engine, run, exp, resume, change)
+    spent = run.elapsed(first) if writer else 0.0  # before this process: a resume adds on
     logged = run.records() if writer else []
     first_loss, warned = (logged[0].get("train_loss") if logged else None), False
     peers = f" x{engine.world} peers" if engine.world > 1 else f" {cfg.topology.kind}"
@@ -231,10 +232,12 @@ def execute(engine: Engine, exp: Experiment, run: RunDir, resume: bool,
             run.append(record)
         if (t + 1) % cfg.run.checkpoint_every == 0 or t == cfg.run.rounds - 1:
             save(engine, run, exp, t + 1)
+            if writer:
+                run.note_elapsed(t + 1, spent + time.time() - t0)
     finish(engine, run, exp)
     if not writer:
         return None
-    result = summary(exp, run.records(), time.time() - t0)
+    result = summary(exp, run.records(), spent + time.time() - t0)
     run.write_json(SUMMARY, result)
     return result
 

@@ -6,6 +6,7 @@ these names.
   clients.json    per-client label counts and names, rho, the switch interval
   metrics.jsonl   one JSON object per round (and the evaluation when there is one)
   summary.json    final per-client accuracies, their aggregates and the averaged adapter's
+  elapsed.json    the wall seconds spent when each checkpoint was saved (a resume adds on)
   checkpoint/     every client's tensors + AdamW state (safetensors) after the last saved round
   peers/rank-K/round-RRRRRR/   a distributed run's checkpoint slices, one per peer and round
   error.log       a sweep's record of why the run failed
@@ -32,13 +33,14 @@ from .config import Config, ConfigError, load, parse_overrides, to_toml
 from .lock import LOCK, Lock
 
 CONFIG, CLIENTS, METRICS, SUMMARY = "config.toml", "clients.json", "metrics.jsonl", "summary.json"
+ELAPSED = "elapsed.json"
 CHECKPOINT, PEERS, ERROR_LOG = "checkpoint", "peers", "error.log"
 LOGS = "logs"  # a launch's peer output, rank-K.log (engines/peer_output.py)
 META = "state.json"  # a checkpoint's round, switch interval and checksums
 PREVIOUS = f"{CHECKPOINT}.prev"  # the checkpoint before the last (a resume falls back to it)
-RUN_FILES = {CONFIG, CLIENTS, METRICS, SUMMARY, CHECKPOINT, PEERS, ERROR_LOG, LOCK, PREVIOUS, LOGS,
-             f"{CHECKPOINT}.tmp", f"{CHECKPOINT}.old",
-             *(f"{f}.tmp" for f in (CONFIG, CLIENTS, METRICS, SUMMARY))}
+RUN_FILES = {CONFIG, CLIENTS, METRICS, SUMMARY, ELAPSED, CHECKPOINT, PEERS, ERROR_LOG, LOCK,
+             PREVIOUS, LOGS, f"{CHECKPOINT}.tmp", f"{CHECKPOINT}.old",
+             *(f"{f}.tmp" for f in (CONFIG, CLIENTS, METRICS, SUMMARY, ELAPSED))}
 RESUMABLE_KEYS = ("checkpoint_every", "eval_every", "progress", "rounds")  # run.* on --resume
 
 
@@ -192,6 +194,22 @@ class RunDir:
     def truncate(self, before: int) -> None:
         """Drop records of rounds that the checkpoint does not cover (they will be rerun)."""
         atomic_write(self.metrics, "".join(dumps(r) + "\n" for r in self.records(before)))
+
+    def elapsed(self, rnd: int) -> float:
+        """The wall seconds the run had spent when it saved the checkpoint of round `rnd` (0
+        when not known: round 0, or a run from before elapsed.json)."""
+        try:
+            return float(json.loads((self.path / ELAPSED).read_text())[str(rnd)])
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0.0
+
+    def note_elapsed(self, rnd: int, seconds: float) -> None:
+        """Remember the wall seconds spent up to the checkpoint of round `rnd`."""
+        try:
+            times = json.loads((self.path / ELAPSED).read_text())
+        except (OSError, ValueError):
+            times = {}
+        atomic_write(self.path / ELAPSED, dumps({**times, str(rnd): round(seconds, 1)}))
 
     def saved_round(self) -> int:
         """The next round the newest readable checkpoint (or the previous one) would run; 0

@@ -76,6 +76,24 @@ def test_interrupted_run_resumes_to_the_same_metrics(tiny_model_dir, tmp_path, m
     assert strip_time([resumed_summary]) == strip_time([full_summary])
 
 
+def test_a_resumed_run_counts_the_wall_time_spent_before_its_checkpoint(
+        tiny_model_dir, tmp_path, monkeypatch):
+    args = tiny_run_args(tiny_model_dir, tmp_path, "cut", "method.name=lora")
+    monkeypatch.setattr(local, "run_round", crash_at(3))
+    with pytest.raises(KeyboardInterrupt):
+        loop.run(config.load(None, args))
+    monkeypatch.undo()
+    cut = tmp_path / "cut"
+    kept = saved_round(cut)
+    spent = json.loads((cut / "elapsed.json").read_text())
+    assert kept > 0 and 0 < spent[str(kept)] < 600
+    (cut / "elapsed.json").write_text(json.dumps({str(kept): 1000.0}))  # a long first session
+    _, summary = loop.resume(cut)
+    assert 1000.0 < summary["wall_time_s"] < 1600
+    assert json.loads((cut / "elapsed.json").read_text())["4"] == pytest.approx(
+        summary["wall_time_s"], abs=60)
+
+
 def test_resume_rejects_corrupt_checkpoint_and_changed_config(tiny_model_dir, tmp_path):
     d, _ = loop.run(config.load(None, tiny_run_args(tiny_model_dir, tmp_path, "c")))
     with pytest.raises(ConfigError, match="already finished 4 rounds"):
