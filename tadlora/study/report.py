@@ -24,8 +24,8 @@ from .results import (
     paired,
     pick_lr,
     stats,
-    write_runs_csv,
 )
+from .runs_csv import write_runs_csv
 
 # ------------------------------------------------------------------ markdown
 

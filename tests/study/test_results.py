@@ -14,8 +14,8 @@ from tadlora.study.results import (
     fit_c,
     paired,
     pick_lr,
-    write_runs_csv,
 )
+from tadlora.study.runs_csv import write_runs_csv
 from tests.study.conftest import ACC, T_BEST, fake_run
 
 
