@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -37,6 +38,16 @@ def crash_at(t_crash, real=local.run_round):
             raise KeyboardInterrupt
         return real(fed, t)
     return run_round
+
+
+def crashed_run(args, t_crash, monkeypatch):
+    """Run the config of `args` until round `t_crash` is interrupted; its run directory."""
+    cfg = config.load(None, args)
+    monkeypatch.setattr(local, "run_round", crash_at(t_crash))
+    with pytest.raises(KeyboardInterrupt):
+        loop.run(cfg)
+    monkeypatch.undo()
+    return Path(cfg.run.out_dir) / cfg.run.name
 
 
 def test_run_writes_the_run_directory(tiny_model_dir, tmp_path):
@@ -78,12 +89,8 @@ def test_interrupted_run_resumes_to_the_same_metrics(tiny_model_dir, tmp_path, m
 
 def test_a_resumed_run_counts_the_wall_time_spent_before_its_checkpoint(
         tiny_model_dir, tmp_path, monkeypatch):
-    args = tiny_run_args(tiny_model_dir, tmp_path, "cut", "method.name=lora")
-    monkeypatch.setattr(local, "run_round", crash_at(3))
-    with pytest.raises(KeyboardInterrupt):
-        loop.run(config.load(None, args))
-    monkeypatch.undo()
-    cut = tmp_path / "cut"
+    cut = crashed_run(tiny_run_args(tiny_model_dir, tmp_path, "cut", "method.name=lora"), 3,
+                      monkeypatch)
     kept = saved_round(cut)
     spent = json.loads((cut / "elapsed.json").read_text())
     assert kept > 0 and 0 < spent[str(kept)] < 600
@@ -191,12 +198,8 @@ def test_a_corrupt_checkpoint_falls_back_to_the_previous_one(tiny_model_dir, tmp
 def test_a_run_killed_before_its_first_checkpoint_reruns_or_resumes(
         tiny_model_dir, tmp_path, monkeypatch):
     args = tiny_run_args(tiny_model_dir, tmp_path, "k", "run.checkpoint_every=3")
-    monkeypatch.setattr(local, "run_round", crash_at(2))
-    with pytest.raises(KeyboardInterrupt):
-        loop.run(config.load(None, args))
-    d = tmp_path / "k"
+    d = crashed_run(args, 2, monkeypatch)
     assert [r["round"] for r in records(d)] == [0, 1] and not (d / "checkpoint").exists()
-    monkeypatch.undo()
     with pytest.warns(RunWarning) as got:
         _, summary = loop.resume(d)
     messages = [str(w.message) for w in got]
@@ -204,11 +207,8 @@ def test_a_run_killed_before_its_first_checkpoint_reruns_or_resumes(
     dropped = "the 2 logged round(s) after the checkpoint it restores (0..1)"
     assert any(dropped in m for m in messages)
     assert [r["round"] for r in records(d)] == [0, 1, 2, 3] and summary["rounds"] == 4
-    monkeypatch.setattr(local, "run_round", crash_at(1))
     args[2] = "run.name=k2"
-    with pytest.raises(KeyboardInterrupt):
-        loop.run(config.load(None, args))
-    monkeypatch.undo()
+    crashed_run(args, 1, monkeypatch)
     _, again = loop.run(config.load(None, args))  # the same command again starts over
     assert again["rounds"] == 4
 
