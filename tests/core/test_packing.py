@@ -39,11 +39,11 @@ def patched(module, **values):
         vars(module).update(old)
 
 
-def stacked_bert(dropout_p=0.0, prepare=True):
+def stacked_bert(dropout_p=0.0, prepare=True, **spec_kw):
     model = tiny_bert()
     if not dropout_p:
         model.config.hidden_dropout_prob = model.config.attention_probs_dropout_prob = 0.0
-    lora.inject(model, N, spec(dropout=dropout_p), seed=0)
+    lora.inject(model, N, spec(dropout=dropout_p, **spec_kw), seed=0)
     randomize(model)
     if prepare:
         assert packing.prepare(model, ragged(4, seed=9))
@@ -181,13 +181,7 @@ def test_a_model_whose_packed_logits_differ_is_warned_and_stays_padded(monkeypat
 
 def test_lora_on_the_pooler_packs_and_gives_the_padded_logits_and_gradients():
     """`dense` also names BERT's pooler, which sees one row per sequence after the encoder."""
-    def bert(prepare):
-        model = tiny_bert()
-        model.config.hidden_dropout_prob = model.config.attention_probs_dropout_prob = 0.0
-        lora.inject(model, N, spec(targets=("query", "value", "dense")), seed=0)
-        randomize(model)
-        assert isinstance(model.bert.pooler.dense, lora.LoRALinear)
-        assert not prepare or packing.prepare(model, ragged(4, seed=9))  # it packs
-        return model
-
-    assert_packed_equals_padded(bert(True), bert(False))
+    targets = ("query", "value", "dense")
+    packed = stacked_bert(targets=targets)  # asserts that it packs
+    assert isinstance(packed.bert.pooler.dense, lora.LoRALinear)
+    assert_packed_equals_padded(packed, stacked_bert(prepare=False, targets=targets))
