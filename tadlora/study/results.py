@@ -267,7 +267,8 @@ def _trained_t(r: dict) -> int | None:
 
 def best_t(rows: list[dict], task: str) -> list[dict]:
     """Per connectivity with >= 2 fixed T for tad (an auto run counts at its T, unless a fixed
-    run of that T and seed is there): the best T, the T within one std of it, rho."""
+    run of that T and seed is there): the best T and the T within one std of it, picked on the
+    seeds every T ran (matched, as in `pick_lr`; all seeds if none is common), rho."""
     runs = [r for r in best_rows(rows) if r["task"] == task and r["method"] == "tad"]
     out = []
     for conn in conn_order(runs):
@@ -280,11 +281,14 @@ def best_t(rows: list[dict], task: str) -> list[dict]:
         if len(by_t) < 2:
             continue
         st = {t: stats(list(v.values())) for t, v in sorted(by_t.items())}
-        best = max(st, key=lambda t: (st[t][0], -t))
-        group = [t for t in st if st[t][0] >= st[best][0] - st[best][1]]
+        seeds = sorted(set.intersection(*(set(v) for v in by_t.values())))
+        on = {t: stats([v[s] for s in seeds]) for t, v in by_t.items()} if seeds else st
+        best = max(on, key=lambda t: (on[t][0], -t))
+        group = sorted(t for t in on if on[t][0] >= on[best][0] - on[best][1])
         rho = float(np.mean([rho_of(r) for r in here]))
         auto = sorted({r["T"] for r in here if r["si"] == "auto"})
         out.append({"connectivity": conn, "rho": rho, "x": 1 / math.sqrt(1 - rho),
-                    "best": best, "stats": st, "group": group, "auto": auto,
+                    "best": best, "stats": st, "matched": on, "seeds": seeds,
+                    "group": group, "auto": auto,
                     "default": switch_interval(rho, DEFAULT_C)})
     return out

@@ -107,8 +107,22 @@ def test_best_t_counts_an_auto_run_at_the_t_it_resolved_to(t_sweep):
                                           "topology.rho_samples=300"], 0.9, rho=0.5)
     after = best_t(collect(t_sweep), "rotten_tomatoes")
     assert [f["stats"][3][2] for f in after] == [3, 3, 3]  # seed 2 adds; seed 0 not twice
-    assert [f["best"] for f in after] == [3, 3, 3]
+    assert [f["best"] for f in after] == [1, 3, 5]  # picked on seeds 0-1, which every T ran
     assert after[0]["stats"][3][0] == pytest.approx(np.mean([0.8 - 0.02, 0.8 - 0.02 + 0.001, 0.9]))
+
+
+def test_best_t_is_picked_on_the_seeds_every_t_ran(t_sweep):
+    # a third seed for the best T only, far below: its 3-seed mean falls under its neighbours'
+    # 2-seed means, but on the seeds every T ran (0, 1) it is still the best
+    for p, t in T_BEST.items():
+        fake_run(t_sweep, f"{p}_{t}_2", ["method.name=tad", f"topology.p={p}", "run.seed=2",
+                                         f"method.switch_interval={t}",
+                                         "topology.rho_samples=300"], 0.7)
+    found = best_t(collect(t_sweep), "rotten_tomatoes")
+    assert [f["best"] for f in found] == list(T_BEST.values())
+    assert [f["seeds"] for f in found] == [[0, 1]] * 3
+    assert found[0]["stats"][1][2] == 3
+    assert found[0]["matched"][1] == pytest.approx((0.8005, np.std([0.8, 0.801], ddof=1), 2))
 
 
 def test_lr_is_picked_on_the_seeds_every_lr_ran(tmp_path):
