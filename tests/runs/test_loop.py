@@ -96,7 +96,7 @@ def test_a_resumed_run_counts_the_wall_time_spent_before_its_checkpoint(
     assert kept > 0 and 0 < spent[str(kept)] < 600
     (cut / "elapsed.json").write_text(json.dumps({str(kept): 1000.0}))  # a long first session
     _, summary = loop.resume(cut)
-    assert 1000.0 < summary["wall_time_s"] < 1600
+    assert 1000.0 <= summary["wall_time_s"] < 1600  # rounded to 0.1 s: a fast resume adds 0
     assert json.loads((cut / "elapsed.json").read_text())["4"] == pytest.approx(
         summary["wall_time_s"], abs=60)
 
