@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .results import conn_order, rho_of, stats
+from .interval import rho_of
+from .results import conn_order, stats
 
 BOOTSTRAP, SEED = 2000, 0  # resamples of the seeds for the intervals; their generator's seed
 

@@ -10,13 +10,13 @@ from pathlib import Path
 from ..core.methods import DEFAULT_C, switch_interval
 from ..runs.config import ConfigError
 from . import online, phase, records
+from .interval import best_t, fit_c
 from .plots import plot_task
 from .results import (
-    best_t,
     cells,
     collect,
     conn_order,
-    fit_c,
+    crossed_precisions,
     is_reference,
     is_run_dir,
     mixed_settings,
@@ -90,9 +90,12 @@ def paired_table(rows: list[dict], task: str, against: str = "lora") -> list[str
         return f"{_spread(stats(d), '+')} (n={len(d)}; ahead on {sum(x > 0 for x in d)})" \
             if d else ""
     body = [[label, *[cell(diffs.get((label, conn))) for conn in conns]] for label in labels]
+    crossed = crossed_precisions(rows, task, against)
+    warning = [f"**Warning**: these pairs ran at different precisions: {'; '.join(crossed)}.",
+               ""] if crossed else []
     return [f"Paired against {against}: accuracy minus {against}'s on the same seed (points; "
             f"mean ± std over the n seeds both ran; on how many seeds it was ahead):", "",
-            *_table(["method", *conns], body)]
+            *_table(["method", *conns], body), *warning]
 
 
 def t_table(found: list[dict]) -> list[str]:

@@ -7,13 +7,12 @@ and the sample standard deviation (ddof=1) of that score over the seeds of one
 (task, method) keeps the one with the best score averaged over its connectivities and seeds.
 A method whose runs used several switching intervals is split into one row per interval
 ("tad T=3", "tad T=auto"). Paired differences compare each method with lora on the same
-seeds. The best T per connectivity is fitted as T_best ~ c / sqrt(1 - rho).
+seeds (the best T per connectivity: study/interval.py).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import sys
 import tomllib
 from collections import defaultdict
@@ -21,8 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core import topology
-from ..core.methods import DEFAULT_C, METHODS, switch_interval, uses_graph
+from ..core.methods import METHODS, uses_graph
 from ..runs import config
 from ..runs.config import ConfigError
 from ..runs.rundir import CONFIG, METRICS, RunDir
@@ -74,6 +72,7 @@ def _row(d: Path, name: str, cfg: config.Config, summary: dict | None, metrics: 
             "T": (summary or {}).get("switch_interval"), "rho": (summary or {}).get("rho"),
             "wall": (summary or {}).get("wall_time_s"),
             "machine": (summary or {}).get("machine"),
+            "precision": (summary or {}).get("precision") or cfg.train.precision,
             "evals": [(m["round"] + 1, m["eval"]["mean"]) for m in metrics if "eval" in m],
             "cross": [(m["round"] + 1, m["cross_term_error"]) for m in metrics
                       if m.get("cross_term_error") is not None],
@@ -197,30 +196,49 @@ def best_rows(rows: list[dict]) -> list[dict]:
     return [r for r in rows if r["finished"] and picked[r["task"], r["label"]][0] == r["lr"]]
 
 
-def paired(rows: list[dict], task: str, against: str = "lora") -> dict[tuple[str, str], list]:
-    """(label, connectivity) -> [label's score - `against`'s score] over the seeds both ran, at
-    their picked learning rates. Same seed = same data, initialisation and graphs, so the
-    difference carries less noise than the two cells' means. A (label, connectivity, seed) run
-    more than once (other settings in the same directory) is not paired."""
+def _pairs(rows: list[dict], task: str, against: str) -> list[tuple[dict, dict]]:
+    """(run, `against`'s run on the same seed) for each label and connectivity, at their
+    picked learning rates. A (label, connectivity, seed) run more than once (other settings in
+    the same directory) is not paired."""
     runs = defaultdict(list)
     for r in best_rows(rows):
         if r["task"] == task and not is_reference(r["method"]):
-            runs[r["label"], r["connectivity"], r["seed"]].append(r["final"])
-    out = defaultdict(list)
-    for (label, conn, seed), finals in sorted(runs.items()):
+            runs[r["label"], r["connectivity"], r["seed"]].append(r)
+    out = []
+    for (label, conn, seed), found in sorted(runs.items()):
         base = runs.get((against, conn, seed), [])
-        if label != against and len(finals) == len(base) == 1:
-            out[label, conn].append(finals[0] - base[0])
+        if label != against and len(found) == len(base) == 1:
+            out.append((found[0], base[0]))
+    return out
+
+
+def paired(rows: list[dict], task: str, against: str = "lora") -> dict[tuple[str, str], list]:
+    """(label, connectivity) -> [label's score - `against`'s score] over the seeds both ran, at
+    their picked learning rates. Same seed = same data, initialisation and graphs, so the
+    difference carries less noise than the two cells' means."""
+    out = defaultdict(list)
+    for r, base in _pairs(rows, task, against):
+        out[r["label"], r["connectivity"]].append(r["final"] - base["final"])
     return dict(out)
 
 
+def crossed_precisions(rows: list[dict], task: str, against: str = "lora") -> list[str]:
+    """The pairs of `paired` whose two runs were computed at different precisions (runs on
+    machines with and without native bf16), as "label, connectivity, seed s (fp32 vs bf16)"."""
+    return [f"{r['label']}, {r['connectivity']}, seed {r['seed']} "
+            f"({r['precision']} vs {base['precision']})"
+            for r, base in _pairs(rows, task, against) if r["precision"] != base["precision"]]
+
+
 def mixed_settings(rows: list[dict]) -> list[str]:
-    """Config keys that differ between the seeds of one table cell (a warning for the reader)."""
+    """Config keys that differ between the seeds of one table cell (a warning for the reader);
+    train.precision as the run resolved it (precision=auto is bf16 or fp32 by machine)."""
     groups = defaultdict(list)
     for r in rows:
         if r["finished"]:
-            groups[r["task"], r["label"], r["connectivity"], r["lr"]].append(
-                config.to_dict(r["cfg"]))
+            d = config.to_dict(r["cfg"])
+            d["train"] = {**d["train"], "precision": r["precision"]}
+            groups[r["task"], r["label"], r["connectivity"], r["lr"]].append(d)
     keys = set()
     for dicts in groups.values():
         for section, values in dicts[0].items():
@@ -229,66 +247,3 @@ def mixed_settings(rows: list[dict]) -> list[str]:
                         d[section][k] != v for d in dicts[1:]):
                     keys.add(f"{section}.{k}")
     return sorted(keys)
-
-
-# ------------------------------------------------------------------ switching interval vs rho
-
-
-def fit_c(t_best: list[float], rho: list[float]) -> float:
-    """Least squares c in T_best ~ c / sqrt(1 - rho) (a line through the origin in x)."""
-    x = 1.0 / np.sqrt(1.0 - np.asarray(rho, dtype=float))
-    t = np.asarray(t_best, dtype=float)
-    return float((x * t).sum() / (x * x).sum())
-
-
-_RHO_CACHE: dict[tuple, float] = {}
-
-
-def rho_of(run: dict) -> float:
-    """The run's rho: from its summary, else estimated for its topology (cached; the estimate
-    does not depend on the run's seed)."""
-    if run["rho"] is not None:
-        return float(run["rho"])
-    cfg = run["cfg"]
-    t, n = cfg.topology, cfg.clients.n
-    key = (t.kind, n, t.p, t.path, t.rho_samples)
-    if key not in _RHO_CACHE:
-        _RHO_CACHE[key] = topology.process_rho(t.kind, n, t.p, t.path or None, t.rho_samples)
-    return _RHO_CACHE[key]
-
-
-def _trained_t(r: dict) -> int | None:
-    """The fixed T a tad run trained with: its own, or the one auto resolved to (auto builds the
-    same policy with that T, core/methods.py); None for online."""
-    if isinstance(r["si"], int):
-        return r["si"]
-    return r["T"] if r["si"] == "auto" else None
-
-
-def best_t(rows: list[dict], task: str) -> list[dict]:
-    """Per connectivity with >= 2 fixed T for tad (an auto run counts at its T, unless a fixed
-    run of that T and seed is there): the best T and the T within one std of it, picked on the
-    seeds every T ran (matched, as in `pick_lr`; all seeds if none is common), rho."""
-    runs = [r for r in best_rows(rows) if r["task"] == task and r["method"] == "tad"]
-    out = []
-    for conn in conn_order(runs):
-        here = [r for r in runs if r["connectivity"] == conn]
-        by_t = defaultdict(dict)  # T -> seed -> final; a fixed run first, then an auto one
-        for r in sorted(here, key=lambda r: r["si"] == "auto"):
-            t = _trained_t(r)
-            if t is not None:
-                by_t[t].setdefault(r["seed"], r["final"])
-        if len(by_t) < 2:
-            continue
-        st = {t: stats(list(v.values())) for t, v in sorted(by_t.items())}
-        seeds = sorted(set.intersection(*(set(v) for v in by_t.values())))
-        on = {t: stats([v[s] for s in seeds]) for t, v in by_t.items()} if seeds else st
-        best = max(on, key=lambda t: (on[t][0], -t))
-        group = sorted(t for t in on if on[t][0] >= on[best][0] - on[best][1])
-        rho = float(np.mean([rho_of(r) for r in here]))
-        auto = sorted({r["T"] for r in here if r["si"] == "auto"})
-        out.append({"connectivity": conn, "rho": rho, "x": 1 / math.sqrt(1 - rho),
-                    "best": best, "stats": st, "matched": on, "seeds": seeds,
-                    "group": group, "auto": auto,
-                    "default": switch_interval(rho, DEFAULT_C)})
-    return out

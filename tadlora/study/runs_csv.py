@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 RUN_COLUMNS = ("run", "task", "method", "switch_interval", "T", "lr", "connectivity", "seed",
-               "final_acc", "mean_cross_term_error", "wall_time_s", "machine")
+               "final_acc", "mean_cross_term_error", "wall_time_s", "machine", "precision")
 
 
 def write_runs_csv(rows: list[dict], path: Path) -> None:
@@ -22,4 +22,4 @@ def write_runs_csv(rows: list[dict], path: Path) -> None:
             si = r["si"] if r["T"] is not None else ""  # methods that never switch: blank
             w.writerow([r["name"], r["task"], r["method"], si, r["T"] or "", r["lr"],
                         r["connectivity"], r["seed"], f"{r['final']:.6f}", cross,
-                        r["wall"] or "", r["machine"] or ""])
+                        r["wall"] or "", r["machine"] or "", r["precision"]])

@@ -5,7 +5,8 @@ import argparse
 import numpy as np
 
 from tadlora.study import report
-from tadlora.study.results import best_t, collect, fit_c
+from tadlora.study.interval import best_t, fit_c
+from tadlora.study.results import collect
 from tests.study.conftest import ACC, fake_run
 
 

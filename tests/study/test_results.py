@@ -7,11 +7,13 @@ import pytest
 
 from tadlora.core import topology
 from tadlora.core.methods import DEFAULT_C, switch_interval
+from tadlora.study.interval import best_t, fit_c
+from tadlora.study.report import paired_table
 from tadlora.study.results import (
-    best_t,
     cells,
     collect,
-    fit_c,
+    crossed_precisions,
+    mixed_settings,
     paired,
     pick_lr,
 )
@@ -53,7 +55,7 @@ def test_runs_csv_lists_every_finished_run(study, tmp_path):
     assert (row["method"], row["connectivity"], row["seed"], row["lr"]) == ("lora", "ER p=0.1",
                                                                             "1", "0.002")
     assert float(row["final_acc"]) == 0.71 and float(row["wall_time_s"]) == 60.0
-    assert row["machine"] == "Test CPU (2 cores)"
+    assert (row["machine"], row["precision"]) == ("Test CPU (2 cores)", "fp32")
     assert row["switch_interval"] == row["T"] == ""  # lora never switches
     assert float(row["mean_cross_term_error"]) == pytest.approx(0.25)  # mean of 0.1 .. 0.4
 
@@ -87,6 +89,25 @@ def test_paired_differences_against_lora_match_hand_computation(study, tmp_path)
     assert set(diffs) == {("tad", "ER p=0.5"), ("tad", "ER p=0.1")}
     assert diffs["tad", "ER p=0.5"] == pytest.approx([0.01, -0.02, -0.05])
     assert diffs["tad", "ER p=0.1"] == pytest.approx([0.08, 0.06, 0.01])
+
+
+def test_seeds_and_pairs_that_resolved_precision_auto_differently_are_flagged(tmp_path):
+    """precision=auto is bf16 on one machine and fp32 on another: the configs agree, the runs
+    do not. Seed 1's tad ran in fp32, every other run in bf16."""
+    root = tmp_path / "runs"
+    for seed, tad_precision in enumerate(["bf16", "fp32"]):
+        fake_run(root, f"lora_{seed}", ["method.name=lora", f"run.seed={seed}"], 0.8,
+                 precision="bf16")
+        fake_run(root, f"tad_{seed}", ["method.name=tad", f"run.seed={seed}"], 0.7,
+                 precision=tad_precision)
+    rows = collect(root)
+    task, conn = rows[0]["task"], rows[0]["connectivity"]
+    assert mixed_settings(rows) == ["train.precision"]
+    assert crossed_precisions(rows, task) == [f"tad, {conn}, seed 1 (fp32 vs bf16)"]
+    assert paired(rows, task)["tad", conn] == pytest.approx([-0.1, -0.1])  # still paired
+    assert "different precisions: tad" in "\n".join(paired_table(rows, task))
+    same = [r for r in rows if r["precision"] == "bf16"]
+    assert mixed_settings(same) == [] and crossed_precisions(same, task) == []
 
 
 def test_a_seed_run_twice_in_other_settings_is_not_paired(study):
