@@ -6,13 +6,13 @@ library's objects. The valid values of every choice come from that concept's reg
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import json
 import tomllib
 import types
 import typing
 from collections.abc import Collection
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -154,9 +154,10 @@ class ConfigError(ValueError):
     """A config key or value that is wrong; the message says which and what is allowed."""
 
 
-def _sections() -> dict[str, type]:
-    hints = typing.get_type_hints(Config)
-    return {f.name: hints[f.name] for f in fields(Config)}
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    """A config dataclass's field types, resolved once (slow; the classes are fixed)."""
+    return typing.get_type_hints(cls)
 
 
 def _coerce(key: str, value: Any, typ: Any) -> Any:
@@ -215,13 +216,13 @@ def _check(cfg: Config) -> None:
 def from_dict(raw: dict[str, Any], base: Config | None = None) -> Config:
     """Build a Config from nested {section: {key: value}}, on top of `base` (or the defaults)."""
     cfg = base or Config()
-    sections = _sections()
+    sections = _hints(Config)  # section name -> its dataclass
     for section, values in raw.items():
         if section not in sections:
             raise ConfigError(f"unknown config section [{section}]; valid: {', '.join(sections)}")
         if not isinstance(values, dict):
             raise ConfigError(f"[{section}] must be a table of keys, got {values!r}")
-        hints = typing.get_type_hints(sections[section])
+        hints = _hints(sections[section])
         changes = {}
         for key, value in values.items():
             if key not in hints:
@@ -275,7 +276,7 @@ def load(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
 
 def to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
     return {k: {kk: list(vv) if isinstance(vv, tuple) else vv for kk, vv in v.items()}
-            for k, v in dataclasses.asdict(cfg).items()}
+            for k, v in asdict(cfg).items()}
 
 
 def to_toml(cfg: Config) -> str:
