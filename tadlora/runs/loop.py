@@ -76,6 +76,16 @@ def _read_round(engine: Engine, parts: list, rnd: int, n: int) -> tuple | None:
         raise CheckpointError(f"{chosen[0][1]}: {e}") from e
 
 
+def _unrestorable(run: RunDir, parts: list, corrupt: list[int]) -> str:
+    if corrupt:
+        return (f"{run.path}: every checkpoint that holds all clients is corrupt (rounds "
+                f"{sorted(corrupt)} fail their sha256 checks); restore the run directory from a "
+                "copy, or start the run again without --resume")
+    return (f"{run.path}: no round whose checkpoint slices hold every client (found rounds "
+            f"{sorted({r for r, _, _ in parts})}); without a shared disk, resume with the same "
+            "peers on the same hosts")
+
+
 def restore(engine: Engine, run: RunDir, exp: Experiment) -> int:
     """Load the engine's clients from the newest round every process can restore (and whose
     checksums hold); returns it, or 0 when the run has no checkpoint yet."""
@@ -83,19 +93,18 @@ def restore(engine: Engine, run: RunDir, exp: Experiment) -> int:
     clients = engine.fed.clients
     rounds = sorted({r for r, _, _ in parts if checkpoint.cover(parts, r, clients)})
     engine.barrier("restore")  # builds take unequal times
+    corrupt = []
     while True:
         rnd = engine.agree(rounds[-1] if rounds else -1)
         if rnd < 0 and engine.agree(int(not parts)):
             warn(f"{run.path} has no checkpoint yet: starting from round 0")
             return 0
         if rnd < 0 or engine.agree(int(rnd in rounds)) == 0:
-            raise CheckpointError(
-                f"{run.path}: no round whose checkpoint slices hold every client and are intact "
-                f"(found rounds {sorted({r for r, _, _ in parts})}); without a shared disk, "
-                "resume with the same peers on the same hosts")
+            raise CheckpointError(_unrestorable(run, parts, corrupt))
         got = _read_round(engine, parts, rnd, exp.cfg.clients.n)
         if got is not None:
             break
+        corrupt.append(rnd)
         rounds = [r for r in rounds if r != rnd]
     rows, engine.fed.departures = got
     try:
