@@ -47,7 +47,8 @@ def sha256(path: Path) -> str:
 def save(directory: str | Path, tensors: Tensors, moments: Tensors, meta: dict,
          keep: Path | None = None) -> Path:
     """Write checkpoint-form tensors (meta["round"] = the next round to run) with their
-    checksums, atomically; `keep`: where the checkpoint it replaces is kept (else removed)."""
+    checksums, atomically; `keep`: where the checkpoint it replaces is kept if intact (else
+    removed; a corrupt one never displaces the good one a resume fell back to)."""
     final = Path(directory)
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -56,14 +57,22 @@ def save(directory: str | Path, tensors: Tensors, moments: Tensors, meta: dict,
     save_file(moments, str(tmp / OPTIMIZER))
     sums = {name: sha256(tmp / name) for name in (ADAPTERS, OPTIMIZER)}
     (tmp / META).write_text(json.dumps({**meta, "sha256": sums}, indent=1))
-    old = keep or final.with_name(final.name + ".old")
+    old = keep if keep and _intact(final) else final.with_name(final.name + ".old")
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)
         final.rename(old)
     tmp.rename(final)
-    if keep is None:
+    if old != keep:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _intact(directory: Path) -> bool:
+    try:
+        verify(directory, read_meta(directory))
+    except CheckpointError:
+        return False
+    return True
 
 
 def read_meta(directory: Path) -> dict:

@@ -101,3 +101,18 @@ def test_the_previous_checkpoint_is_kept_where_asked(tmp_path):
     assert checkpoint.read(run.previous)[0]["round"] == 2
     assert sorted(r for r, _, _ in checkpoint.slices(run, 2)) == [2, 3]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint", "checkpoint.prev"]
+
+
+def test_a_corrupt_checkpoint_never_displaces_the_previous_one(tmp_path):
+    """A resume fell back to checkpoint.prev (round 1) because checkpoint (round 2) is corrupt:
+    the next save drops the corrupt one and keeps round 1 as the fallback."""
+    run = RunDir(tmp_path)
+    for rnd in (1, 2):
+        checkpoint.save(run.checkpoint, *tensors(0, 2), {"round": rnd, "switch_interval": None},
+                        keep=run.previous)
+    flip_a_byte_of_tensor_data(run.checkpoint / checkpoint.ADAPTERS)
+    checkpoint.save(run.checkpoint, *tensors(0, 2), {"round": 2, "switch_interval": None},
+                    keep=run.previous)
+    assert checkpoint.read(run.previous)[0]["round"] == 1
+    assert checkpoint.read(run.checkpoint)[0]["round"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint", "checkpoint.prev"]

@@ -177,7 +177,8 @@ def test_resume_refuses_a_changed_switch_interval(tiny_model_dir, tmp_path):
 
 def test_a_corrupt_checkpoint_falls_back_to_the_previous_one(tiny_model_dir, tmp_path):
     """Flipped bytes in the last checkpoint's tensor data: resume warns, restores the previous
-    checkpoint (round 3), truncates metrics.jsonl to it and ends with the full run's metrics."""
+    checkpoint (round 3), truncates metrics.jsonl to it, ends with the full run's metrics and keeps
+    round 3 as the fallback; with both corrupt it names the fix."""
     args = tiny_run_args(tiny_model_dir, tmp_path, "full", "method.name=lora")
     full, _ = loop.run(config.load(None, args))
     args[2] = "run.name=c"
@@ -190,10 +191,12 @@ def test_a_corrupt_checkpoint_falls_back_to_the_previous_one(tiny_model_dir, tmp
     dropped = "the 1 logged round(s) after the checkpoint it restores (3..3)"
     assert any(dropped in str(w.message) for w in got)
     assert strip_time(records(d)) == strip_time(records(full))
+    prev = json.loads((d / "checkpoint.prev" / "state.json").read_text())
+    assert prev["round"] == 3  # the corrupt round-4 checkpoint did not displace it
     for d2 in (d / "checkpoint", d / "checkpoint.prev"):
         flip_a_byte_of_tensor_data(d2 / "adapters.safetensors")
     with pytest.warns(RunWarning), pytest.raises(
-            CheckpointError, match=r"every checkpoint .* corrupt \(rounds \[4\] fail"):
+            CheckpointError, match=r"every checkpoint .* corrupt \(rounds \[3, 4\] fail"):
         loop.resume(d, ["run.rounds=6"])
 
 
