@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import tomllib
 import types
 import typing
@@ -139,13 +140,13 @@ CHOICES: dict[str, Collection[str]] = {  # key -> its registry (read at each che
     "distributed.backend": BACKENDS,
     "distributed.on_peer_loss": ON_PEER_LOSS,
 }
-POSITIVE = {"run.rounds", "clients.n", "model.lora_r", "data.max_length", "train.local_steps",
-            "train.batch_size", "topology.rho_samples", "run.checkpoint_every",
-            "distributed.timeout_s", "synthetic.dim", "synthetic.hidden", "synthetic.rank",
-            "synthetic.val_per_client"}
+POSITIVE = {"run.rounds", "clients.n", "model.lora_r", "model.lora_alpha", "data.alpha",
+            "data.max_length", "train.local_steps", "train.batch_size", "topology.rho_samples",
+            "run.checkpoint_every", "distributed.timeout_s", "synthetic.dim", "synthetic.hidden",
+            "synthetic.rank", "synthetic.val_per_client"}
 NON_NEGATIVE = {"run.eval_every", "model.num_layers", "data.examples_per_client",
                 "data.val_size", "train.clip_norm", "train.weight_decay",
-                "train.clients_per_forward", "data.alpha", "method.c", "train.lr",
+                "train.clients_per_forward", "method.c", "train.lr",
                 "synthetic.scale", "synthetic.heterogeneity", "synthetic.temperature",
                 "synthetic.task_seed"}
 
@@ -179,6 +180,8 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
         return float(value)
     if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
         raise ConfigError(f"{key}={value!r}: expected {typ.__name__}")
+    if typ is float and not math.isfinite(value):
+        raise ConfigError(f"{key}={value!r}: expected a finite number")
     return value
 
 

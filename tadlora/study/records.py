@@ -60,6 +60,8 @@ def keep(runs_dir: str | Path, dest: str | Path) -> list[Path]:
     """A compact record in dest/<relative path> of every finished run under runs_dir (one with
     a summary.json); returns the records written. A record already there is rewritten."""
     (root, runs), out, written = _finished(runs_dir), Path(dest), []
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{dest} is a file; give a directory for the records")
     for src in runs:
         target = out / src.relative_to(root)
         target.mkdir(parents=True, exist_ok=True)

@@ -194,7 +194,7 @@ def _index(root: Path, out: Path, reports: list[tuple[str, Path, str]]) -> Path:
 
 def cmd_report(ns: argparse.Namespace) -> int:
     if not Path(ns.runs_dir).is_dir():
-        raise ConfigError(f"runs directory {ns.runs_dir} does not exist")
+        raise ConfigError(f"runs directory {ns.runs_dir} does not exist or is not a directory")
     path = write_report(ns.runs_dir, ns.out)
     print(f"report: {path}")
     return 0

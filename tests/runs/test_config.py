@@ -55,6 +55,10 @@ def test_toml_file_then_overrides(tmp_path):
     (["data.source=files"], "needs data.path"),
     (["topology.kind=file"], "needs topology.path"),
     (["trainlr=1"], "section.key=value"),
+    (["train.lr=nan"], r"train.lr=nan: expected a finite number"),
+    (["topology.p=inf"], r"topology.p=inf: expected a finite number"),
+    (["data.alpha=0"], r"data.alpha=0.0: must be > 0"),
+    (["model.lora_alpha=-1"], r"model.lora_alpha=-1.0: must be > 0"),
     (["train.lr"], "section.key=value"),
 ])
 def test_bad_values_name_the_key_and_the_choices(override, match):

@@ -63,3 +63,7 @@ def test_a_bundle_holds_a_sweep_in_one_file_and_reports_the_same_numbers(tiny_mo
 def test_keep_names_a_missing_directory(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a directory of runs"):
         records.keep(tmp_path / "nothing", tmp_path / "out")
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(FileExistsError, match="a-file is a file; give a directory"):
+        records.keep(tmp_path / "runs", tmp_path / "a-file")
