@@ -77,11 +77,13 @@ def _infer_label_names(records: list[Record]) -> list[str]:
     return sorted({str(x) for x in raw if isinstance(x, str | int) and not isinstance(x, bool)})
 
 
-def _label_id(label: Any, names: list[str], where: str, origin: str) -> int:
+def _label_id(label: Any, names: list[str], where: str, origin: str, given: bool) -> int:
+    """The label's id: its name's position (inferred names: always; labels.json: for string
+    labels), else an integer label is the id itself."""
     if isinstance(label, bool) or not isinstance(label, str | int):
         raise ValueError(f"{where}: label must be a string or an integer, got {label!r}")
-    if isinstance(label, str) and label in names:
-        return names.index(label)
+    if (isinstance(label, str) or not given) and str(label) in names:
+        return names.index(str(label))
     as_int = _int_like(label)
     if as_int is not None and 0 <= as_int < len(names):
         return as_int
@@ -100,7 +102,7 @@ def _text(row: dict[str, Any], key: str, where: str) -> str:
 
 
 def _records_to_data(records: list[Record], path: Path, names: list[str],
-                     origin: str) -> TextData:
+                     origin: str, given: bool) -> TextData:
     if not records:
         raise ValueError(f"{path}: no examples")
     pairs = "text_b" in records[0][1]  # a pair file uses text_b on every row, no mixing
@@ -113,7 +115,7 @@ def _records_to_data(records: list[Record], path: Path, names: list[str],
             raise ValueError(f"{where}: missing field 'label'")
         text_a.append(_text(row, "text_a", where))
         text_b.append(_text(row, "text_b", where) if pairs else "")
-        labels.append(_label_id(row["label"], names, where, origin))
+        labels.append(_label_id(row["label"], names, where, origin, given))
     return TextData(text_a, text_b if pairs else None, np.asarray(labels, np.int64), names)
 
 
@@ -155,7 +157,7 @@ def load_files(path: str | None, task: str | None, val_size: int,
     given = _label_names(directory)
     names = given or _infer_label_names(records[0] + records[1])
     origin = f"{directory / 'labels.json'}" if given else "inferred from train and validation"
-    train, val = (_records_to_data(r, f, names, origin)
+    train, val = (_records_to_data(r, f, names, origin, given is not None)
                   for r, f in zip(records, files, strict=True))
     if (train.text_b is None) != (val.text_b is None):
         raise ValueError(f"{directory}: train and validation disagree on having text_b")

@@ -66,6 +66,14 @@ def test_files_labels_json_order_and_int_labels(tmp_path) -> None:
     assert train.labels.tolist() == [2, 0, 1] and train.label_names == ["0", "1", "2"]
 
 
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_inferred_names_map_every_label_by_name(tmp_path, fmt: str) -> None:
+    """Labels -1 and 0 (not ids 0..n-1): the names are ["-1", "0"] and 0 is "0", not id 0."""
+    rows = [{"text_a": "x", "label": v} for v in (0, -1, 0)]
+    train, _ = load_source("files", _dir(tmp_path, rows, fmt))
+    assert train.label_names == ["-1", "0"] and train.labels.tolist() == [1, 0, 1]
+
+
 def test_files_tolerates_byte_order_mark(tmp_path) -> None:
     (tmp_path / "train.tsv").write_text("\ufefftext_a\tlabel\nx\tyes\n", encoding="utf-8")
     (tmp_path / "validation.jsonl").write_text('\ufeff{"text_a": "y", "label": "no"}\n')
