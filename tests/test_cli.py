@@ -114,3 +114,21 @@ def test_warnings_are_one_line_for_the_user(tmp_path, capsys):
                      "data.examples_per_client=16", f"run.out_dir={tmp_path}", "run.name=one"]) == 0
     err = capsys.readouterr().err
     assert "tadlora: warning: clients.n=1: one client has no peers" in err
+
+
+def test_a_hub_id_on_a_machine_without_the_hub_searches_the_cache_only(tmp_path):
+    """huggingface_hub reads HF_HUB_OFFLINE once, when first imported: build sets it before
+    importing transformers, so an unreachable hub costs no minute of retries."""
+    import subprocess
+    import sys
+    code = ("import sys; from tadlora import cli; from tadlora.runs import build; "
+            "build._hub_reachable = lambda: False; "
+            "sys.exit(cli.main(['run', 'model.path=no-such-org/no-such-model', "
+            f"'run.out_dir={tmp_path}']))")
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE",
+                                                             "TRANSFORMERS_OFFLINE")}
+    got = subprocess.run([sys.executable, "-c", code], env={**env, "HF_HOME": str(tmp_path)},
+                         capture_output=True, text=True, timeout=120)
+    assert got.returncode == 2 and "Traceback" not in got.stderr
+    assert "the hub is offline: only its cache was searched" in got.stderr
+    assert "Retrying" not in got.stderr

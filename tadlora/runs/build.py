@@ -58,12 +58,13 @@ def _hub_reachable() -> bool:
 
 def load_model(cfg: Config, num_labels: int) -> tuple[nn.Module, object]:
     """The frozen base model (its classifier head seeded by run.seed) and its tokenizer."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
     path = model_path(cfg.model.path)
     if Path(path).is_dir():
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # after HF_HUB_OFFLINE is settled: huggingface_hub reads it once, when first imported
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     extra = {"num_hidden_layers": cfg.model.num_layers} if cfg.model.num_layers else {}
