@@ -73,6 +73,16 @@ def dumps(obj: Any, indent: int | None = None) -> str:
     return json.dumps(finite(obj), indent=indent, allow_nan=False)
 
 
+def _record(line: str) -> dict | None:
+    """One line of metrics.jsonl as a round record, or None when it is not one."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    ok = isinstance(row, dict) and isinstance(row.get("round"), int)
+    return row if ok else None
+
+
 def atomic_write(path: Path, text: str) -> None:
     """Write a file so that a reader (or a crash) sees the old content or the new, never half."""
     tmp = path.with_name(path.name + ".tmp")
@@ -176,7 +186,12 @@ class RunDir:
         atomic_write(self.path / name, dumps(obj, indent=1))
 
     def read_json(self, name: str) -> dict:
-        return json.loads((self.path / name).read_text())
+        file = self.path / name
+        try:
+            return json.loads(file.read_text())
+        except ValueError as e:
+            raise ValueError(f"{file} is not valid JSON ({e}); restore it from a copy, or "
+                             "start the run again") from e
 
     def append(self, record: dict) -> None:
         """One round's record at the end of metrics.jsonl."""
@@ -187,8 +202,16 @@ class RunDir:
         """The round records of the run (only rounds < before, if given)."""
         if not self.metrics.exists():
             return []
-        rows = [json.loads(line) for line in self.metrics.read_text().splitlines()
-                if line.strip()]
+        text = self.metrics.read_text(errors="replace")
+        lines = text.split("\n")
+        rows = []
+        for i, line in enumerate(lines, 1):
+            if line.strip() and (row := _record(line)) is not None:
+                rows.append(row)
+            elif line.strip() and i < len(lines):  # a torn last line (killed mid-append)
+                raise ValueError(                  # is a round not saved: it is rerun
+                    f"{self.metrics}, line {i}: not a round record ({line[:60]!r}); the run's "
+                    "log is damaged: restore the file from a copy, or start the run again")
         return [r for r in rows if before is None or r["round"] < before]
 
     def truncate(self, before: int) -> None:

@@ -25,6 +25,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..runs.health import warn
 from ..runs.rundir import CONFIG, METRICS, SUMMARY, RunDir
 
 __all__ = ["BUNDLE", "SLIM", "add_parser", "bundle", "compact_metrics", "keep", "read_bundle"]
@@ -53,7 +54,19 @@ def _finished(runs_dir: str | Path) -> tuple[Path, list[Path]]:
     root = Path(runs_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a directory of runs")
-    return root, [s.parent for s in sorted(root.rglob(SUMMARY)) if (s.parent / CONFIG).is_file()]
+    runs = [s.parent for s in sorted(root.rglob(SUMMARY)) if (s.parent / CONFIG).is_file()]
+    return root, [d for d in runs if _readable(d)]
+
+
+def _readable(d: Path) -> bool:
+    """Whether a finished run's summary and metrics can be read (else a warning)."""
+    try:
+        RunDir(d).read_json(SUMMARY)
+        RunDir(d).records()
+    except (OSError, ValueError) as e:
+        warn(f"skipping {d}: {e}")
+        return False
+    return True
 
 
 def keep(runs_dir: str | Path, dest: str | Path) -> list[Path]:
@@ -93,7 +106,7 @@ def bundle(runs_dir: str | Path, dest: str | Path) -> tuple[Path, int]:
     target.parent.mkdir(parents=True, exist_ok=True)
     with gzip.GzipFile(target, "wb", mtime=0) as f:
         for src in runs:
-            summary = json.loads((src / SUMMARY).read_text())
+            summary = RunDir(src).read_json(SUMMARY)
             entry = {"name": str(src.relative_to(root)), "config": (src / CONFIG).read_text(),
                      "summary": {k: summary[k] for k in BUNDLE_SUMMARY if k in summary},
                      "metrics": [_bundled(r) for r in RunDir(src).records()]}

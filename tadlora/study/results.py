@@ -12,7 +12,6 @@ seeds (the best T per connectivity: study/interval.py).
 
 from __future__ import annotations
 
-import json
 import sys
 import tomllib
 from collections import defaultdict
@@ -23,7 +22,7 @@ import numpy as np
 from ..core.methods import METHODS, uses_graph
 from ..runs import config
 from ..runs.config import ConfigError
-from ..runs.rundir import CONFIG, METRICS, RunDir
+from ..runs.rundir import CONFIG, METRICS, SUMMARY, RunDir
 from . import records
 from .labels import task_label, topology_label
 from .sweep_file import flat
@@ -48,7 +47,7 @@ def is_reference(method: str) -> bool:
 
 def _read_run(d: Path, root: Path) -> dict:
     run = RunDir(d)
-    summary = json.loads(run.summary.read_text()) if run.summary.is_file() else None
+    summary = run.read_json(SUMMARY) if run.summary.is_file() else None
     return _row(d, str(d.relative_to(root)), config.load(run.config), summary, run.records())
 
 

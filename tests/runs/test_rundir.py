@@ -119,6 +119,28 @@ def test_metrics_log_append_read_truncate(tmp_path):
     assert not (tmp_path / "metrics.jsonl.tmp").exists()
 
 
+def test_a_torn_last_record_is_a_round_not_saved_and_a_damaged_one_is_named(tmp_path):
+    """Killed while appending round 2 (it precedes that round's checkpoint): the partial line
+    is passed over and a resume's truncate removes it; a bad complete line names the file,
+    its line and the fix, for resume and report alike."""
+    run = RunDir(tmp_path)
+    for t in range(2):
+        run.append({"round": t})
+    with run.metrics.open("a") as log:
+        log.write('{"round": 2, "train_lo')
+    assert [r["round"] for r in run.records()] == [0, 1]
+    run.truncate(2)
+    assert run.metrics.read_text() == '{"round": 0}\n{"round": 1}\n'
+    for bad in ("garbage", "[1, 2]", '{"loss": 1}'):
+        run.metrics.write_text(f'{{"round": 0}}\n{bad}\n{{"round": 2}}\n')
+        with pytest.raises(ValueError, match=r"metrics.jsonl, line 2: not a round record .*"
+                                             r"restore the file from a copy"):
+            run.records()
+    (tmp_path / "summary.json").write_text('{"mean": ')
+    with pytest.raises(ValueError, match=r"summary.json is not valid JSON .*restore it"):
+        run.read_json("summary.json")
+
+
 def test_json_files_are_written_whole(tmp_path):
     run = RunDir(tmp_path)
     run.write_json("summary.json", {"mean": 0.5})

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from tadlora.runs import config, loop
+from tadlora.runs.health import RunWarning
 from tadlora.runs.rundir import METRICS, SUMMARY
 from tadlora.study import records, results
 from tests.conftest import tiny_run_args
@@ -39,6 +40,18 @@ def test_records_are_small_and_report_the_same_numbers(tiny_model_dir, tmp_path)
         assert json.loads((d / SUMMARY).read_text()) == json.loads(
             (runs / d.name / SUMMARY).read_text())
         assert (d / METRICS).stat().st_size < (runs / d.name / METRICS).stat().st_size
+
+
+def test_keep_passes_over_a_damaged_run_with_a_warning_and_keeps_the_rest(tiny_model_dir,
+                                                                          tmp_path):
+    runs = tmp_path / "runs"
+    for name in ("good", "bad"):
+        loop.run(config.load(None, tiny_run_args(tiny_model_dir, runs, name)))
+    with (runs / "bad" / METRICS).open("a") as log:
+        log.write("garbage\n")
+    with pytest.warns(RunWarning, match=r"skipping .*bad: .*metrics.jsonl, line 5"):
+        kept = records.keep(runs, tmp_path / "records")
+    assert [p.name for p in kept] == ["good"]
 
 
 def test_a_bundle_holds_a_sweep_in_one_file_and_reports_the_same_numbers(tiny_model_dir,
