@@ -115,13 +115,15 @@ def prepare_round(fed: Federation, t: int) -> None:
 
 def local_training(fed: Federation, t: int) -> np.ndarray:
     """Round t's local steps for the clients held; each client's mean training loss (NaN for
-    a departed client: run inside `fed.frozen(t)`, which undoes its steps)."""
+    a departed client: not computed; run inside `fed.frozen(t)`, which undoes the optimizer's
+    step on its rows)."""
     def batch(k: int, clients: slice) -> dict[str, torch.Tensor]:
         seeds = dropout.client_seeds(fed.seed, t, k, fed.clients[clients])
         return {**fed.make_batch(t, k, clients), "dropout_seeds": torch.tensor(seeds)}
 
-    losses = train.local_round(fed.model, fed.optimizer, batch, fed.n_clients, fed.local)
-    losses[fed.departed_rows(t)] = np.nan
+    gone = fed.departed_rows(t)
+    losses = train.local_round(fed.model, fed.optimizer, batch, fed.n_clients, fed.local, gone)
+    losses[gone] = np.nan
     return losses
 
 

@@ -8,7 +8,7 @@ means, so no client's gradient is scaled by the group size) and gradient clippin
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -106,10 +106,15 @@ def set_lr(optimizer: torch.optim.Optimizer, schedule: str, lr: float, t: int,
     return value
 
 
-def groups(n: int, per_forward: int) -> list[slice]:
-    """Client slices that go through the model together (per_forward 0 = all at once)."""
-    size = per_forward or n
-    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+def groups(n: int, per_forward: int, skip: Collection[int] = ()) -> list[slice]:
+    """Client slices that go through the model together (per_forward 0 = as many as run
+    side by side), leaving out the rows `skip`."""
+    out, start = [], 0
+    for stop in [*sorted(set(skip)), n]:
+        size = per_forward or max(1, stop - start)
+        out += [slice(i, min(i + size, stop)) for i in range(start, stop, size)]
+        start = stop + 1
+    return out
 
 
 def _group_loss(model: nn.Module, batch: dict[str, torch.Tensor], g: int) -> torch.Tensor:
@@ -123,14 +128,16 @@ def _group_loss(model: nn.Module, batch: dict[str, torch.Tensor], g: int) -> tor
 
 
 def local_round(model: nn.Module, optimizer: torch.optim.Optimizer, make_batch: BatchFn,
-                n_clients: int, spec: LocalSpec) -> np.ndarray:
-    """spec.steps optimizer steps for all clients; returns each client's mean training loss."""
+                n_clients: int, spec: LocalSpec, skip: Collection[int] = ()) -> np.ndarray:
+    """spec.steps optimizer steps for all clients; returns each client's mean training loss.
+    The rows `skip` (departed clients) are not computed: their gradients stay zero and their
+    loss 0, and the optimizer still moves them (the caller puts them back)."""
     model.train()
     params = [p for ps in lora.factors(model).values() for p in ps.values() if p.requires_grad]
-    losses = torch.zeros(n_clients)
-    for k in range(spec.steps):
+    losses, chunks = torch.zeros(n_clients), groups(n_clients, spec.per_forward, skip)
+    for k in range(spec.steps if chunks else 0):
         optimizer.zero_grad(set_to_none=True)
-        for group in groups(n_clients, spec.per_forward):
+        for group in chunks:
             batch = {key: v.to(spec.device) for key, v in make_batch(k, group).items()}
             with lora.select(model, group), autocast(spec.device, spec.precision):
                 loss = _group_loss(model, batch, group.stop - group.start)

@@ -52,6 +52,30 @@ def test_grouped_forward_trains_exactly_like_one_client_at_a_time():
         assert torch.allclose(v, lora.state(m2)[k], atol=1e-6), k
 
 
+def test_skipped_clients_are_not_computed_and_the_others_train_as_before():
+    """Rows `skip` (departed clients) get no batch and no gradient; the others end exactly as
+    in a round that computes everyone, with any forward grouping."""
+    full, make = no_dropout_model(), batch_fn()
+    run(full, per_forward=0)
+    for per_forward in (0, 1, 2):
+        m, asked = no_dropout_model(), []
+        train.set_trainable(m, ("A", "B", "head"))
+        train.local_round(m, train.make_optimizer(m, 1e-2, 0.01),
+                          lambda k, c, asked=asked: asked.append(c) or make(k, c), 3,
+                          local(3, per_forward=per_forward), [1])
+        assert all(1 not in range(c.start, c.stop) for c in asked) and asked
+        for key, v in lora.state(m).items():
+            assert torch.allclose(v[[0, 2]], lora.state(full)[key][[0, 2]], atol=1e-6), key
+    assert train.groups(5, 2, [1, 2]) == [slice(0, 1), slice(3, 5)]
+    assert train.groups(3, 0, [0, 1, 2]) == []
+    m = no_dropout_model()
+    before = {k: v.clone() for k, v in lora.state(m).items()}
+    train.set_trainable(m, ("A",))
+    assert train.local_round(m, train.make_optimizer(m, 1e-2, 0.0), batch_fn(), 3, local(2),
+                             [0, 1, 2]).tolist() == [0, 0, 0]
+    assert all(torch.equal(v, before[k]) for k, v in lora.state(m).items())
+
+
 def test_client_training_is_independent_of_other_clients():
     """Client 0 in a federation of 3 trains exactly like client 0 alone would (its slice of
     the stacked AdamW is its own AdamW)."""
