@@ -284,12 +284,9 @@ def to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
 
 def to_toml(cfg: Config) -> str:
     """The resolved config as TOML (read back by `load`)."""
-    lines = []
-    for section, values in to_dict(cfg).items():
-        lines.append(f"[{section}]")
-        lines += [f"{k} = {toml_value(v)}" for k, v in values.items()]
-        lines.append("")
-    return "\n".join(lines)
+    return "\n".join(f"[{section}]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in
+                                                 values.items())
+                     for section, values in to_dict(cfg).items())
 
 
 def toml_value(v: Any) -> str:
