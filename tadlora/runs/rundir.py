@@ -202,14 +202,14 @@ class RunDir:
         """The round records of the run (only rounds < before, if given)."""
         if not self.metrics.exists():
             return []
-        text = self.metrics.read_text(errors="replace")
-        lines = text.split("\n")
-        rows = []
+        lines, rows = self.metrics.read_text(errors="replace").split("\n"), []
         for i, line in enumerate(lines, 1):
-            if line.strip() and (row := _record(line)) is not None:
+            if not line.strip():
+                continue
+            if (row := _record(line)) is not None:
                 rows.append(row)
-            elif line.strip() and i < len(lines):  # a torn last line (killed mid-append)
-                raise ValueError(                  # is a round not saved: it is rerun
+            elif i < len(lines):  # a torn last line (killed mid-append) is a round not saved
+                raise ValueError(
                     f"{self.metrics}, line {i}: not a round record ({line[:60]!r}); the run's "
                     "log is damaged: restore the file from a copy, or start the run again")
         return [r for r in rows if before is None or r["round"] < before]

@@ -54,19 +54,18 @@ def _finished(runs_dir: str | Path) -> tuple[Path, list[Path]]:
     root = Path(runs_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a directory of runs")
-    runs = [s.parent for s in sorted(root.rglob(SUMMARY)) if (s.parent / CONFIG).is_file()]
-    return root, [d for d in runs if _readable(d)]
+    return root, [s.parent for s in sorted(root.rglob(SUMMARY)) if (s.parent / CONFIG).is_file()]
 
 
-def _readable(d: Path) -> bool:
-    """Whether a finished run's summary and metrics can be read (else a warning)."""
+def _read(src: Path) -> tuple[dict, list[dict]] | None:
+    """A finished run's summary and round records, or None (with a warning) when either cannot
+    be read."""
+    run = RunDir(src)
     try:
-        RunDir(d).read_json(SUMMARY)
-        RunDir(d).records()
+        return run.read_json(SUMMARY), run.records()
     except (OSError, ValueError) as e:
-        warn(f"skipping {d}: {e}")
-        return False
-    return True
+        warn(f"skipping {src}: {e}")
+        return None
 
 
 def keep(runs_dir: str | Path, dest: str | Path) -> list[Path]:
@@ -76,11 +75,13 @@ def keep(runs_dir: str | Path, dest: str | Path) -> list[Path]:
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{dest} is a file; give a directory for the records")
     for src in runs:
+        if (got := _read(src)) is None:
+            continue
         target = out / src.relative_to(root)
         target.mkdir(parents=True, exist_ok=True)
         for name in (CONFIG, SUMMARY):
             shutil.copyfile(src / name, target / name)
-        lines = [json.dumps(r, allow_nan=False) for r in compact_metrics(RunDir(src).records())]
+        lines = [json.dumps(r, allow_nan=False) for r in compact_metrics(got[1])]
         (target / METRICS).write_text("".join(line + "\n" for line in lines))
         written.append(target)
     return written
@@ -104,14 +105,18 @@ def bundle(runs_dir: str | Path, dest: str | Path) -> tuple[Path, int]:
     root, runs = _finished(runs_dir)
     target = Path(dest) / BUNDLE
     target.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
     with gzip.GzipFile(target, "wb", mtime=0) as f:
         for src in runs:
-            summary = RunDir(src).read_json(SUMMARY)
+            if (got := _read(src)) is None:
+                continue
+            summary, rows = got
             entry = {"name": str(src.relative_to(root)), "config": (src / CONFIG).read_text(),
                      "summary": {k: summary[k] for k in BUNDLE_SUMMARY if k in summary},
-                     "metrics": [_bundled(r) for r in RunDir(src).records()]}
+                     "metrics": [_bundled(r) for r in rows]}
             f.write((json.dumps(entry, allow_nan=False, separators=(",", ":")) + "\n").encode())
-    return target, len(runs)
+            n += 1
+    return target, n
 
 
 def read_bundle(path: Path) -> Iterator[dict]:
