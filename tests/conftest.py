@@ -59,12 +59,12 @@ def nodrop_model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def two_peers(nodrop_model_dir, tmp_path_factory):
-    """A 2-peer all_gather run of tad by `tadlora launch`, every round's slices kept:
-    (its overrides, its run directory)."""
+    """A 2-peer all_gather run of decaf (product consensus: the peers' hardest mixing) by
+    `tadlora launch`, every round's slices kept: (its overrides, its run directory)."""
     from tests.engines.peers import args, tadlora
 
     out = tmp_path_factory.mktemp("two-peers")
-    argv = args(nodrop_model_dir, out, "d", "method.name=tad", "distributed.keep_slices=true")
+    argv = args(nodrop_model_dir, out, "d", "method.name=decaf", "distributed.keep_slices=true")
     rc, stdout, err = tadlora("launch", "--peers", "2", *argv)
     assert rc == 0, err
     assert "averaged adapter" in stdout and f"run directory: {out / 'd'}" in stdout

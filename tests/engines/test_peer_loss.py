@@ -7,6 +7,7 @@ import sys
 
 import torch
 
+from tadlora import cli
 from tadlora.engines.launch import lost_ranks
 from tests.engines.peers import (
     args,
@@ -30,8 +31,9 @@ def test_survivors_finish_without_the_lost_peers_clients_and_they_rejoin(nodrop_
     """3 peers (clients 0-2, 3-5, 6-7); rank 1 is killed in round 2. The launcher starts the
     2 survivors again from the round-2 slices, clients 3-5 departed: the run ends (exit 0)
     within 1e-6 of the simulator with the same departures, the departed clients end exactly as
-    they left, and every record from round 2 names them. A resume with --rejoin (4 more
-    rounds, 3 peers) brings them back with that state, again as the simulator does."""
+    they left, and every record from round 2 names them. A resume with --rejoin (2 more
+    rounds, on 2 peers: other slices) brings them back with that state, again as the
+    simulator does."""
     argv = args(nodrop_model_dir, tmp_path, "c", "method.name=tad", "method.switch_interval=1",
                 "distributed.on_peer_loss=continue", "distributed.keep_slices=true",
                 "train.lr_schedule=constant")
@@ -57,7 +59,7 @@ def test_survivors_finish_without_the_lost_peers_clients_and_they_rejoin(nodrop_
     assert summary["mean"] == sum(summary["client_acc"][c] for c in (0, 1, 2, 6, 7)) / 5
     assert out.count("departed (not in the aggregates)") == 3
 
-    rc, out, err = tadlora("launch", "--peers", "3", "--resume", str(d), "--rejoin",
+    rc, out, err = tadlora("launch", "--peers", "2", "--resume", str(d), "--rejoin",
                            "run.rounds=6")
     assert rc == 0, err
     assert "from round 4: clients [3, 4, 5] rejoin" in err
@@ -81,18 +83,18 @@ def test_only_crashed_killed_or_frozen_peers_are_lost():
     assert lost_ranks([1, 1]) == [0, 1]  # all lost: the launcher has nobody to go on with
 
 
-def test_rejoin_and_depart_need_a_resume(nodrop_model_dir, tmp_path):
+def test_rejoin_and_depart_need_a_resume(nodrop_model_dir, tmp_path, capsys):
     argv = args(nodrop_model_dir, tmp_path, "s", "method.name=lora")
-    rc, _, err = tadlora("launch", "--peers", "2", "--rejoin", *argv)
-    assert rc == 2 and "--rejoin and --depart change a resumed run: add --resume" in err
-    rc, _, err = tadlora("peer", "--resume", str(tmp_path), "--depart", "x")
-    assert rc == 2 and "--depart 'x': give client ids" in err
+    assert cli.main(["launch", "--peers", "2", "--rejoin", *argv]) == 2
+    assert "--rejoin and --depart change a resumed run: add --resume" in capsys.readouterr().err
+    assert cli.main(["peer", "--resume", str(tmp_path), "--depart", "x"]) == 2
+    assert "--depart 'x': give client ids" in capsys.readouterr().err
 
 
 def test_a_restarted_torchrun_group_resumes_its_run(nodrop_model_dir, tmp_path):
     """torchrun --max-restarts 1: rank 1 fails in round 2, torchrun restarts both peers, and
-    they resume the run (run.name) from their slices: every round logged once, and the end
-    within 1e-6 of the simulator."""
+    they resume the run (run.name) from their slices: every round logged once, the end within
+    1e-6 of the simulator, and the slices removed once the merged checkpoint is written."""
     argv = args(nodrop_model_dir, tmp_path, "t", "method.name=lora")
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
                 "--nproc-per-node", "2", "--max-restarts", "1", "--monitor-interval", "0.2",
@@ -105,3 +107,4 @@ def test_a_restarted_torchrun_group_resumes_its_run(nodrop_model_dir, tmp_path):
     states, want, _ = reference(argv)
     assert_close_records(records(d), want)
     assert all((merged(d)[k] - v).abs().max() <= 1e-6 for k, v in states[-1].items())
+    assert not (d / "peers").exists()
