@@ -1,7 +1,8 @@
 """Real peers on torch.distributed (gloo, 127.0.0.1): parity with the in-process engine,
-faults (a killed peer, a frozen peer, NaN and wrong-shape payloads), resume (on the same and on
-another number of peers, and in one process), and two torchrun node groups. Every process
-group is started in its own session and killed on timeout (tests/engines/peers.py)."""
+faults (a failed peer, a frozen peer, NaN and wrong-shape payloads; a killed one:
+test_peer_loss), resume (on another number of peers, and in one process; on the same ones:
+test_peer_loss), and two torchrun node groups. Every process group is started in its own
+session and killed on timeout (tests/engines/peers.py)."""
 
 import json
 import shutil
