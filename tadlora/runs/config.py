@@ -284,9 +284,9 @@ def to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
 
 def to_toml(cfg: Config) -> str:
     """The resolved config as TOML (read back by `load`)."""
-    return "\n".join(f"[{section}]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in
-                                                 values.items())
-                     for section, values in to_dict(cfg).items())
+    sections = (f"[{name}]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in values.items())
+                for name, values in to_dict(cfg).items())
+    return "\n".join(sections)
 
 
 def toml_value(v: Any) -> str:

@@ -77,11 +77,12 @@ def keep(runs_dir: str | Path, dest: str | Path) -> list[Path]:
     for src in runs:
         if (got := _read(src)) is None:
             continue
+        _, rows = got
         target = out / src.relative_to(root)
         target.mkdir(parents=True, exist_ok=True)
         for name in (CONFIG, SUMMARY):
             shutil.copyfile(src / name, target / name)
-        lines = [json.dumps(r, allow_nan=False) for r in compact_metrics(got[1])]
+        lines = [json.dumps(r, allow_nan=False) for r in compact_metrics(rows)]
         (target / METRICS).write_text("".join(line + "\n" for line in lines))
         written.append(target)
     return written

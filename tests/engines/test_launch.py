@@ -61,4 +61,3 @@ def test_the_cause_is_the_first_peer_that_failed_on_its_own():
     assert summary(error) == "rank 1 (start-up): failed: RuntimeError: boom"
     assert len(summary(Ending(0, 1, "x" * 5000, 0))) < 350
     assert cause([Ending(0, 0)]) is None
-
