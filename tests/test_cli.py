@@ -43,9 +43,11 @@ def test_cli_topology_prints_each_schedule_pieces_rho_and_auto_t(capsys):
     assert out.rstrip().endswith("auto T 3")
 
 
-def test_launch_refuses_more_peers_than_clients(tmp_path, capsys):
+def test_launch_refuses_more_peers_than_clients_and_no_peer(tmp_path, capsys):
     assert cli.main(["launch", "--peers", "5", "clients.n=4", f"run.out_dir={tmp_path}"]) == 2
-    assert "every peer needs at least one client" in capsys.readouterr().err
+    assert "every peer needs at least one client (use at most 4" in capsys.readouterr().err
+    assert cli.main(["launch", "--peers", "0", "clients.n=4", f"run.out_dir={tmp_path}"]) == 2
+    assert "(use at least 1 peer)" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------ messages (issue 17)

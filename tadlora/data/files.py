@@ -93,9 +93,21 @@ def _label_id(label: Any, names: list[str], where: str, origin: str, given: bool
                      f"({origin}); fix the row or add the label to labels.json")
 
 
+# Text fields by name: tadlora's own, then the GLUE / Hugging Face datasets' columns (first pair
+# whose two names a row has, else the first single name).
+PAIRS = (("text_a", "text_b"), ("sentence1", "sentence2"), ("premise", "hypothesis"),
+         ("question1", "question2"), ("question", "sentence"))
+SINGLES = ("text_a", "text", "sentence")
+FIELDS_HELP = ("name it text_a (or text, sentence) and, for pairs, text_b (or the pairs "
+               "sentence1/sentence2, premise/hypothesis, question1/question2, question/sentence)")
+
+
+def _fields(row: dict[str, Any]) -> tuple[str, ...] | None:
+    pair = next((p for p in PAIRS if p[0] in row and p[1] in row), None)
+    return pair or next(((k,) for k in SINGLES if k in row), None)
+
+
 def _text(row: dict[str, Any], key: str, where: str) -> str:
-    if key not in row:
-        raise ValueError(f"{where}: missing field {key!r} (need text_a, label, optional text_b)")
     if not isinstance(row[key], str):
         raise ValueError(f"{where}: field {key!r} must be a string, got {row[key]!r:.40}")
     return row[key]
@@ -105,18 +117,22 @@ def _records_to_data(records: list[Record], path: Path, names: list[str],
                      origin: str, given: bool) -> TextData:
     if not records:
         raise ValueError(f"{path}: no examples")
-    pairs = "text_b" in records[0][1]  # a pair file uses text_b on every row, no mixing
-    text_a, text_b, labels = [], [], []
+    fields = _fields(records[0][1])  # the first row names the file's fields
+    if fields is None:
+        raise ValueError(f"{path}:{records[0][0]}: no text field; {FIELDS_HELP}")
+    texts, labels = [], []
     for line_no, row in records:
         where = f"{path}:{line_no}"
-        if ("text_b" in row) != pairs:
-            raise ValueError(f"{where}: text_b present on some rows only; use it on all or none")
+        if _fields(row) != fields:
+            raise ValueError(f"{where}: text fields {_fields(row) or ()} but {fields} on the "
+                             "first row; give every row the same ones")
         if "label" not in row:
             raise ValueError(f"{where}: missing field 'label'")
-        text_a.append(_text(row, "text_a", where))
-        text_b.append(_text(row, "text_b", where) if pairs else "")
+        texts.append([_text(row, k, where) for k in fields])
         labels.append(_label_id(row["label"], names, where, origin, given))
-    return TextData(text_a, text_b if pairs else None, np.asarray(labels, np.int64), names)
+    columns = list(zip(*texts, strict=True))
+    return TextData(list(columns[0]), list(columns[1]) if len(fields) == 2 else None,
+                    np.asarray(labels, np.int64), names)
 
 
 def _label_names(directory: Path) -> list[str] | None:
@@ -143,7 +159,8 @@ def load_files(path: str | None, task: str | None, val_size: int,
     string labels are sorted (over train and validation together).
     """
     if path is None or not Path(path).is_dir():
-        raise FileNotFoundError(f"data directory not found: {path!r}; source 'files' needs a "
+        kind = "is a file, not a directory" if path and Path(path).is_file() else "not found"
+        raise FileNotFoundError(f"data directory {kind}: {path!r}; source 'files' needs a "
                                 "directory with train.{jsonl,csv,tsv} and validation.{...}")
     directory = Path(path)
     stems = ["train", task if task and _find_split(directory, task) else "validation"]

@@ -77,8 +77,9 @@ def client_slices(n: int, world: int) -> list[range]:
     """Contiguous client ranges, one per rank, sizes differing by at most one (earlier ranks
     get the extra client)."""
     if not 1 <= world <= n:
+        fix = "use at least 1 peer" if world < 1 else f"use at most {n} peers or more clients"
         raise ValueError(f"{world} peers for {n} clients: every peer needs at least one client "
-                         f"(use at most {n} peers or more clients)")
+                         f"({fix})")
     sizes = [n // world + (r < n % world) for r in range(world)]
     starts = np.cumsum([0, *sizes])
     return [range(int(starts[r]), int(starts[r + 1])) for r in range(world)]

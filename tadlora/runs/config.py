@@ -262,11 +262,11 @@ def read_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
     """A TOML file as a dict; a missing or malformed file is a ConfigError naming it."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"{what} {p} does not exist")
+        raise ConfigError(f"{what} {p} {'is a directory' if p.is_dir() else 'does not exist'}")
     try:
-        return tomllib.loads(p.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{what} {p} is not valid TOML: {e}") from e
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{what} {p} is not valid TOML (UTF-8 text): {e}") from e
 
 
 def load(path: str | Path | None = None, overrides: list[str] = ()) -> Config:

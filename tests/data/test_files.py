@@ -101,11 +101,12 @@ def test_glue_lite_mnli() -> None:
 
 @pytest.mark.parametrize("line, match", [
     ('{"text_a": "x", "label": "yes"', r"train\.jsonl:2: bad JSON"),
-    ('{"label": "yes"}', r"train\.jsonl:2: missing field 'text_a'"),
+    ('{"label": "yes"}', r"train\.jsonl:2: text fields \(\) but \('text_a',\) on the first"),
     ('{"text_a": "x"}', r"train\.jsonl:2: missing field 'label'"),
     ('{"text_a": "x", "label": "maybe"}',
      r"train\.jsonl:2: label 'maybe' is not in the label set .*labels\.json"),
-    ('{"text_a": "x", "text_b": "y", "label": "no"}', r"train\.jsonl:2: text_b present on some"),
+    ('{"text_a": "x", "text_b": "y", "label": "no"}',
+     r"train\.jsonl:2: text fields \('text_a', 'text_b'\) but \('text_a',\) on the first row"),
     ('{"text_a": 3, "label": "no"}', r"train\.jsonl:2: field 'text_a' must be a string"),
     ('[1, 2]', r"train\.jsonl:2: expected a JSON object"),
 ])
@@ -118,10 +119,30 @@ def test_malformed_jsonl_names_file_and_line(tmp_path, line: str, match: str) ->
         load_source("files", str(tmp_path))
 
 
+@pytest.mark.parametrize("a, b", [("text", None), ("sentence", None), ("sentence1", "sentence2"),
+                                  ("premise", "hypothesis"), ("question1", "question2"),
+                                  ("question", "sentence")])
+def test_the_glue_and_hub_column_names_are_read(tmp_path, a: str, b: str | None) -> None:
+    """A file written from a Hugging Face dataset keeps its columns: SST-2's sentence, MNLI's
+    premise/hypothesis, QNLI's question/sentence (a pair, not the single sentence), ..."""
+    rows = [{a: r["text_a"], **({b: r["text_b"]} if b else {}), "label": r["label"], "idx": i}
+            for i, r in enumerate(ROWS)]
+    train, _ = load_source("files", _dir(tmp_path, rows, "csv"))
+    assert train.text_a == [r["text_a"] for r in ROWS]
+    assert train.text_b == ([r["text_b"] for r in ROWS] if b else None)
+
+
+def test_a_file_without_a_text_field_names_the_accepted_ones(tmp_path) -> None:
+    with pytest.raises(ValueError, match=r"train\.csv:2: no text field; name it text_a .*premise"):
+        load_source("files", _dir(tmp_path, [{"review": "x", "label": 0}], "csv"))
+
+
 def test_missing_and_empty_files_are_explained(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="not found.*train.*validation"):
         load_source("files", str(tmp_path / "nope"))
     (tmp_path / "train.jsonl").write_text("")
+    with pytest.raises(FileNotFoundError, match="data directory is a file, not a directory"):
+        load_source("files", str(tmp_path / "train.jsonl"))
     with pytest.raises(FileNotFoundError, match="no validation.jsonl, validation.csv"):
         load_source("files", str(tmp_path))
     (tmp_path / "validation.jsonl").write_text('{"text_a": "x", "label": 0}\n')

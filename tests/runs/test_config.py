@@ -73,6 +73,11 @@ def test_bad_files(tmp_path):
     bad.write_text("[train\nlr=1")
     with pytest.raises(ConfigError, match="not valid TOML"):
         config.load(bad)
+    bad.write_bytes(b"\xff\xfe[train]\n")
+    with pytest.raises(ConfigError, match=r"bad\.toml is not valid TOML \(UTF-8 text\)"):
+        config.load(bad)
+    with pytest.raises(ConfigError, match="is a directory"):
+        config.load(tmp_path)
 
 
 def test_resolved_toml_roundtrip(tmp_path):
