@@ -158,6 +158,15 @@ def bootstrap(conns: dict[str, dict[int, dict[int, float]]], x: dict[str, float]
     return np.array(out)
 
 
+def interval(boot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The 2.5 and 97.5 percentiles of each column of fits; NaN (no warning) for a column that
+    no resample could fit, e.g. beta when every resample's best T is the same."""
+    lo, hi = np.full(boot.shape[1], np.nan), np.full(boot.shape[1], np.nan)
+    ok = np.isfinite(boot).any(axis=0)
+    lo[ok], hi[ok] = np.nanpercentile(boot[:, ok], [2.5, 97.5], axis=0)
+    return lo, hi
+
+
 def interval_table(rows: list[dict], out: Path) -> list[str]:
     """The best T per connectivity, its fits and their 95% bootstrap intervals."""
     lines = []
@@ -174,7 +183,7 @@ def interval_table(rows: list[dict], out: Path) -> list[str]:
         c, c2, beta = fit(np.array([x[n] for n in names]), np.array([best[n] for n in names],
                                                                      dtype=float))
         boot = bootstrap(conns, x)
-        lo, hi = np.nanpercentile(boot, [2.5, 97.5], axis=0)
+        lo, hi = interval(boot)
         rounds = runs[names[0]]["cfg"].run.rounds
         body = [[n, f"{x[n]:.2f}", str(best[n]), ", ".join(
             f"{t}{last_phase(t, rounds)}: {100 * np.mean([v[s] for s in seeds]):.2f}"

@@ -149,8 +149,12 @@ def machines(done: list[dict]) -> str:
 
 def _write_one(root: Path, out: Path) -> tuple[Path, str]:
     """The report of the runs under `root`; its path and its count of runs."""
-    out.mkdir(parents=True, exist_ok=True)
     rows = collect(root)
+    if not rows:
+        raise ConfigError(f"no runs under {root} (a run directory holds config.toml, a bundle is "
+                          f"{records.BUNDLE}); give the directory `tadlora run`, `sweep` or "
+                          "`keep` wrote to")
+    out.mkdir(parents=True, exist_ok=True)
     done = [r for r in rows if r["finished"]]
     hours = sum(r["wall"] or 0 for r in done) / 3600
     write_runs_csv(rows, out / "runs.csv")

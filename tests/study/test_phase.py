@@ -1,6 +1,7 @@
 """The phase-map pages: pairing, fits and their intervals, the theory's curves."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -84,3 +85,12 @@ def test_last_phase_follows_the_alternation():
 
     for t in (1, 2, 3, 5, 10, 15, 20, 30):
         assert phase.last_phase(t, 150) == Alternating(interval=t).phase(149)
+
+
+def test_a_fit_no_resample_could_make_has_no_interval_and_no_warning():
+    boot = np.array([[1.0, np.nan, np.nan], [2.0, 4.0, np.nan], [3.0, 6.0, np.nan]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lo, hi = phase.interval(boot)
+    assert np.allclose(lo[:2], [1.05, 4.05]) and np.allclose(hi[:2], [2.95, 5.95])
+    assert np.isnan(lo[2]) and np.isnan(hi[2])

@@ -3,7 +3,9 @@
 import argparse
 
 import numpy as np
+import pytest
 
+from tadlora.runs.config import ConfigError
 from tadlora.study import report
 from tadlora.study.interval import best_t, fit_c
 from tadlora.study.results import collect
@@ -53,6 +55,11 @@ def test_cli(study, tmp_path, capsys):
     assert ns.func(ns) == 0
     assert (study / "report" / "report.md").is_file()
     assert str(study / "report" / "report.md") in capsys.readouterr().out
+    empty = tmp_path / "empty"
+    empty.mkdir()  # a directory without runs (a typo'd path, say) is an error, not a blank page
+    with pytest.raises(ConfigError, match=f"no runs under {empty} .*give the directory"):
+        ns.func(parser.parse_args(["report", str(empty)]))
+    assert not (empty / "report").exists()
 
 
 def test_cell_text_shows_spread_only_over_several_seeds():
