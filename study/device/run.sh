@@ -31,5 +31,5 @@ tail -n 30 "$OUT/sweep.log"
 echo "sweep exit status $status (124: stopped at $seconds s; call again to resume)"
 rm -rf /tmp/records
 python3 -m tadlora.cli keep "$out_dir" "/tmp/records/$(basename "$out_dir")" || true
-tar czf "$OUT/records.tgz" -C /tmp records 2>/dev/null || echo "no finished run to keep"
+tar czf "$OUT/records.tgz" -C /tmp records 2>/dev/null || { rm -f "$OUT/records.tgz"; echo "no finished run to keep"; }
 ls /tmp/records/* 2>/dev/null | head -n 40
