@@ -3,13 +3,13 @@
 #   .venv/bin/python study/device/pack.py pack ../shared/data/glue-lite/sst2    # -> .device/
 # then the device tool's run, with carry=[".device"] and timeout_s a little above SECONDS:
 #   bash study/device/run.sh SECONDS SWEEP.toml [--only KEY=V ...] [overrides ...]
-# e.g. bash study/device/run.sh 540 sweeps/paper_t_sst2.toml --only run.seed=1,2
+# e.g. bash study/device/run.sh 540 sweeps/paper_t_sst2.toml --kept study/records --only run.seed=1,2
 # It unpacks the model (exact for bf16 runs on the packed task, see pack.py), links ../shared
 # to .device/shared (so every run's config names the same data.path as a run here), runs the
 # sweep on cuda with 16 jobs for at most SECONDS, and packs the records of the finished runs
 # into $OUT/records.tgz (here: tar xzf it in study/records/). Runs checkpoint every 10 rounds:
-# calling it again at once, while the machine is warm, resumes the unfinished ones. Pick with
-# --only runs that study/records does not hold yet: the machine starts with no results/.
+# calling it again at once, while the machine is warm, resumes the unfinished ones. The machine
+# starts with no results/: --kept study/records leaves out the runs already recorded.
 set -euo pipefail
 seconds=$1 sweep=$2
 shift 2

@@ -1,7 +1,8 @@
 """`tadlora sweep`: a sweep file's grid (study/sweep_file.py) as resumable runs in out_dir/<run
 name>, with one progress bar. A rerun skips finished runs, resumes checkpointed ones, starts the
 others over and leaves alone a run whose config the sweep file no longer matches. --only
-KEY=V[,V...] runs a part of the grid: a long study runs in pieces."""
+KEY=V[,V...] runs a part of the grid: a long study runs in pieces; --kept DIR skips the runs
+whose compact records (study/records) another machine made. Planning: study/sweep_plan.py."""
 
 from __future__ import annotations
 
@@ -12,122 +13,16 @@ import sys
 import tempfile
 import traceback
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
 from pathlib import Path
 
-from ..core.methods import uses_auto_interval
 from ..runs import config, loop, rundir
-from ..runs.config import Config, ConfigError, toml_value
+from ..runs.config import ConfigError
 from ..runs.lock import Lock
-from ..runs.rundir import CONFIG, ERROR_LOG, RESUMABLE_KEYS, RUN_FILES, SUMMARY, RunDir
-from .sweep_file import Sweep, flat, load_sweep
+from ..runs.rundir import ERROR_LOG, RUN_FILES, RunDir
+from .sweep_file import Sweep, load_sweep
+from .sweep_plan import Job, kept_runs, out_dir, plan
 
-# keys a finished or checkpointed run may differ in from the sweep (resume can change them)
-RESUMABLE = {f"run.{k}" for k in RESUMABLE_KEYS} | {"run.out_dir"}
 TAIL = 8000  # characters of a failed run's stderr kept
-
-
-@dataclass(frozen=True)
-class Job:
-    name: str
-    directory: Path
-    overrides: list[str]  # all of them, for a new run
-    action: str  # new | resume | skip | stale
-    note: str = ""  # stale: what differs
-    resume_overrides: tuple[str, ...] = ()
-
-
-# ------------------------------------------------------------------ planning: what each run needs
-
-
-def _differences(a: Config, b: Config) -> list[str]:
-    """Config values that differ and matter: c and rho_samples only feed switch_interval=auto
-    (so calibrating the default c does not invalidate the lora, ffa, ... runs)."""
-    fa, fb = flat(config.to_dict(a)), flat(config.to_dict(b))
-    auto = uses_auto_interval(a.method.name, a.method.switch_interval)
-    ignored = RESUMABLE | (set() if auto else {"method.c", "topology.rho_samples"})
-    return [f"{k}: {fa[k]!r} -> {fb[k]!r}" for k in fa if k not in ignored and fa[k] != fb[k]]
-
-
-def _status(directory: Path, cfg: Config) -> tuple[str, str]:
-    """(action, note) for a run directory that should hold `cfg`."""
-    if not (directory / CONFIG).is_file():
-        return "new", ""
-    try:
-        stored = config.load(directory / CONFIG)
-    except ConfigError as e:  # e.g. written by another version: never delete it
-        return "stale", f"its {CONFIG} cannot be read ({e})"
-    diff = _differences(stored, cfg)
-    if diff:
-        return "stale", f"its config differs from the sweep's: {'; '.join(diff)}"
-    saved = RunDir(directory).saved_round()  # 0 = none (or unreadable: start over)
-    finished = (directory / SUMMARY).is_file()
-    if finished and stored.run.rounds == cfg.run.rounds:
-        return "skip", ""
-    if max(saved, stored.run.rounds if finished else 0) > cfg.run.rounds:
-        return "stale", f"it ran more rounds than the sweep's {cfg.run.rounds}"
-    return ("resume", "") if 0 < saved < cfg.run.rounds else ("new", "")
-
-
-def _check_only(sweep: Sweep, only: list[str]) -> None:
-    for spec in only:  # section.key=v1,v2 with a key of the grid
-        key, sep, _ = spec.partition("=")
-        if not sep:
-            raise ConfigError(f"--only {spec!r} must look like section.key=value[,value...], "
-                              "e.g. --only run.seed=0,1")
-        if key.strip() not in sweep.axes:
-            raise ConfigError(f"--only {spec!r}: {key.strip()} is not a key the sweep varies; "
-                              f"its keys are {', '.join(sorted(sweep.axes))}")
-
-
-def _selected(cfg: Config, base: Path | None, overrides: list[str], only: list[str]) -> bool:
-    """Whether the run matches every `section.key=v1,v2,...` of `only` (one of the values):
-    setting the key to that value leaves its config as it is."""
-    for spec in only:
-        key, _, values = spec.partition("=")
-        if not any(config.load(base, [*overrides, f"{key}={v}"]) == cfg
-                   for v in values.split(",")):
-            return False
-    return True
-
-
-def out_dir(sweep: Sweep, overrides: list[str]) -> tuple[Path, list[str]]:
-    """The sweep's out_dir (run.out_dir=DIR moves it) and the other overrides (not run.name,
-    not a key the grid varies: the runs' names would lie)."""
-    out, extra = sweep.out_dir, []
-    for item in overrides:
-        key = item.partition("=")[0].strip()
-        if key == "run.name":
-            raise ConfigError("run.name is set by the sweep for each run")
-        if key in sweep.axes:
-            raise ConfigError(f"override {item!r}: {key} is an axis of the sweep's grid (the runs "
-                              f"are named after it); use --only {key}=VALUE or edit the sweep")
-        if key == "run.out_dir":
-            out = Path(str(config.parse_overrides([item])["run"]["out_dir"]))
-        else:
-            extra.append(item)
-    return out, extra
-
-
-def plan(sweep: Sweep, overrides: list[str] = (), only: list[str] = ()) -> list[Job]:
-    """One Job per run (those matching `only`): its directory, its overrides and what to do
-    with it."""
-    out, extra = out_dir(sweep, overrides)
-    _check_only(sweep, list(only))
-    jobs = []
-    for name, ovr in sweep.runs:
-        full = [*ovr, *extra, f"run.out_dir={toml_value(str(out))}", f"run.name={toml_value(name)}",
-                "run.progress=false"]
-        cfg = config.load(sweep.base, full)
-        if not _selected(cfg, sweep.base, full, only):
-            continue
-        action, note = _status(out / name, cfg)
-        resume = tuple(f"run.{k}={toml_value(getattr(cfg.run, k))}" for k in RESUMABLE_KEYS)
-        jobs.append(Job(name, out / name, full, action, note, resume))
-    if only and not jobs:
-        raise ConfigError(f"--only {' --only '.join(only)} matches no run of the sweep")
-    return jobs
-
 
 
 def _clear(directory: Path) -> None:
@@ -198,23 +93,24 @@ def _record(job: Job, error: str | None, counts: dict[str, int], bar) -> None:
 
 
 def run_sweep(sweep: Sweep, jobs: int = 1, overrides: list[str] = (),
-              only: list[str] = ()) -> dict[str, int]:
+              only: list[str] = (), kept: set[str] = frozenset()) -> dict[str, int]:
     """Run what is left of the sweep (of its runs matching `only`, see plan); jobs > 1 runs
     that many subprocesses at a time.
 
     Returns counts: total, done (this time, resumed included), resumed, skipped (finished
-    before), failed (this time, and run dirs whose config no longer matches the sweep).
+    before, here or in `kept`), failed (this time, and run dirs whose config no longer matches
+    the sweep).
     """
     from tqdm import tqdm
 
-    todo = plan(sweep, overrides, only)
+    todo = plan(sweep, overrides, only, kept)
     rundir.make_dir(out := out_dir(sweep, overrides)[0], "the sweep's out_dir")
     counts = {"total": len(todo), "done": 0, "resumed": 0, "skipped": 0, "failed": 0}
     bar = tqdm(total=len(todo), desc=f"sweep {sweep.name}", unit="run")
     with Lock(out, "sweep out_dir"), bar:  # one sweep at a time on an out_dir
         for job in todo:
-            if job.action in ("skip", "stale"):
-                counts["skipped" if job.action == "skip" else "failed"] += 1
+            if job.action in ("skip", "kept", "stale"):
+                counts["failed" if job.action == "stale" else "skipped"] += 1
                 if job.action == "stale":
                     bar.write(f"left alone: {job.directory}: {job.note}")
                 bar.update()
@@ -245,9 +141,12 @@ def _options(parser: argparse.ArgumentParser, default: int | None) -> None:
                         help="only the runs whose section.key is one of the values (repeat "
                              "for several keys), e.g. --only run.seed=0 --only "
                              "method.name=lora,tad")
+    parser.add_argument("--kept", action="append", metavar="DIR",
+                        help="skip the runs finished under DIR (run directories or compact "
+                             "records, e.g. study/records, from any machine; repeatable)")
 
 
-def _arguments(ns: argparse.Namespace) -> tuple[int, bool, list[str], list[str]]:
+def _arguments(ns: argparse.Namespace) -> tuple[int, bool, list[str], list[str], list[str]]:
     """Options may come before or after SWEEP_FILE and between overrides: argparse's nargs='*'
     cannot take overrides after an option, so what follows the file is parsed here."""
     inner = argparse.ArgumentParser(prog="tadlora sweep SWEEP_FILE")
@@ -255,7 +154,8 @@ def _arguments(ns: argparse.Namespace) -> tuple[int, bool, list[str], list[str]]
     inner.add_argument("overrides", nargs="*")
     rest = inner.parse_intermixed_args(ns.rest)
     only = [*(ns.only or []), *(rest.only or [])]
-    return rest.jobs or ns.jobs or 0, rest.dry_run or ns.dry_run, rest.overrides, only
+    kept = [*(ns.kept or []), *(rest.kept or [])]
+    return rest.jobs or ns.jobs or 0, rest.dry_run or ns.dry_run, rest.overrides, only, kept
 
 
 def default_jobs(sweep: Sweep, todo: list[Job]) -> int:
@@ -266,30 +166,31 @@ def default_jobs(sweep: Sweep, todo: list[Job]) -> int:
 
 
 def cmd_sweep(ns: argparse.Namespace) -> int:
-    jobs, dry_run, overrides, only = _arguments(ns)
+    jobs, dry_run, overrides, only, kept_dirs = _arguments(ns)
     sweep = load_sweep(ns.sweep_file)
-    jobs = jobs or default_jobs(sweep, plan(sweep, overrides, only))
+    kept = kept_runs(kept_dirs)
+    planned = plan(sweep, overrides, only, kept)
+    jobs = jobs or default_jobs(sweep, planned)
     if dry_run:
-        planned = plan(sweep, overrides, only)
         for job in planned:
             print(f"{job.action:<6} {job.directory}" + (f"  ({job.note})" if job.note else ""))
         actions = [j.action for j in planned]
         print(f"{len(planned)} runs: " + ", ".join(f"{actions.count(a)} {a}" for a in
-                                                    ("new", "resume", "skip", "stale")))
+                                                    ("new", "resume", "skip", "kept", "stale")))
         return 0
-    c = run_sweep(sweep, jobs, overrides, only)
+    c = run_sweep(sweep, jobs, overrides, only, kept)
     print(f"sweep {sweep.name}: {c['total']} runs: {c['done']} done ({c['resumed']} resumed), "
           f"{c['skipped']} already finished, {c['failed']} failed")
     return 1 if c["failed"] else 0
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register `tadlora sweep SWEEP_FILE [--jobs N] [--only KEY=V[,V...]] [--dry-run]
-    [section.key=value ...]`."""
+    """Register `tadlora sweep SWEEP_FILE [--jobs N] [--only KEY=V[,V...]] [--kept DIR]
+    [--dry-run] [section.key=value ...]`."""
     s = subparsers.add_parser(
         "sweep", help="run a grid of runs from a sweep file (resumable)",
-        usage="tadlora sweep SWEEP_FILE [--jobs N] [--only KEY=V[,V...]] [--dry-run] "
-              "[section.key=value ...]",
+        usage="tadlora sweep SWEEP_FILE [--jobs N] [--only KEY=V[,V...]] [--kept DIR] "
+              "[--dry-run] [section.key=value ...]",
         description="Runs every run of the sweep file that is not finished yet. Overrides apply "
                     "to every run; run.out_dir=DIR moves the whole sweep. Exit status 1 when "
                     "a run failed.")

@@ -13,7 +13,7 @@ from tadlora.runs import config, loop
 from tadlora.runs.config import ConfigError
 from tadlora.runs.lock import Lock
 from tadlora.runs.rundir import RunDir
-from tadlora.study import results, sweep
+from tadlora.study import results, sweep, sweep_plan
 from tadlora.study.sweep_file import load_sweep
 from tests.conftest import tiny_run_args
 from tests.study.test_sweep_file import GRID, REPO, write
@@ -88,7 +88,7 @@ def fake_run_dir(d: Path, cfg: config.Config, saved_round: int | None, finished:
         (d / "checkpoint").mkdir()
         (d / "checkpoint" / "state.json").write_text(json.dumps({"round": saved_round}))
     if finished:
-        (d / "summary.json").write_text("{}")
+        (d / "summary.json").write_text('{"mean": 0.5}')
 
 
 def test_plan_classifies_run_directories(tmp_path):
@@ -112,10 +112,35 @@ def test_plan_classifies_run_directories(tmp_path):
     # c (the constant of switch_interval=auto) matters to tad with auto only
     for method, matters in [("tad", True), ("lora", False), ("adf", False)]:
         a = config.load(None, [f"method.name={method}"])
-        assert bool(sweep._differences(a, replace(a, method=replace(a.method, c=2.5)))) == matters
+        other = replace(a, method=replace(a.method, c=2.5))
+        assert bool(sweep_plan._differences(a, other)) == matters
     assert "run.rounds=4" in jobs["s4"].resume_overrides  # a shorter finished run is extended
     with pytest.raises(ConfigError, match="run.name"):
         sweep.plan(s, ["run.name=x"])
+
+
+def test_runs_kept_elsewhere_are_skipped(tmp_path, capsys):
+    """--kept DIR: a run finished under DIR (e.g. study/records, from another machine, under
+    another name or on another device) is not run again; one with other rounds, or unfinished
+    there, is."""
+    f = write(tmp_path / "s.toml", '[sweep]\nname="s"\n[base]\n"run.rounds"=4\n'
+                                   '[grid]\n"run.seed"=[0, 1, 2, 3]\n')
+    s, here, recs = load_sweep(f), tmp_path / "here", tmp_path / "records"
+    cfgs = {j.name: config.load(None, j.overrides) for j in sweep.plan(s, [f"run.out_dir={here}"])}
+    c0, c1 = cfgs["s0"], cfgs["s1"]
+    fake_run_dir(recs / "other", replace(c0, run=replace(c0.run, name="other", out_dir="x"),
+                                         train=replace(c0.train, device="cuda")), None, True)
+    fake_run_dir(recs / "s1", replace(c1, run=replace(c1.run, rounds=2)), None, True)
+    fake_run_dir(recs / "s2", cfgs["s2"], 2, False)  # unfinished there
+    fake_run_dir(here / "s3", cfgs["s3"], 2, False)  # checkpointed here, finished there
+    fake_run_dir(recs / "s3", cfgs["s3"], None, True)
+    kept = sweep_plan.kept_runs([recs])
+    jobs = {j.name: j.action for j in sweep.plan(s, [f"run.out_dir={here}"], kept=kept)}
+    assert jobs == {"s0": "kept", "s1": "new", "s2": "new", "s3": "kept"}
+    assert cli(["sweep", str(f), f"run.out_dir={here}", "--kept", str(recs), "--dry-run"]) == 0
+    assert "4 runs: 2 new, 0 resume, 0 skip, 2 kept, 0 stale" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="--kept .*nope: not a directory of runs or records"):
+        sweep_plan.kept_runs([tmp_path / "nope"])
 
 
 def test_sweep_runs_skips_isolates_failure_and_resumes(tiny_model_dir, tmp_path, monkeypatch):
@@ -205,5 +230,5 @@ def test_without_jobs_a_cpu_sweep_runs_one_run_per_core(tmp_path, monkeypatch):
     monkeypatch.setattr(sweep.os, "cpu_count", lambda: 6)
     assert sweep.default_jobs(s, sweep.plan(s)) == 6
     assert sweep.default_jobs(s, sweep.plan(s, ["train.device=cuda"])) == 1  # one GPU
-    ns = argparse.Namespace(rest=["--jobs", "3"], jobs=None, only=None, dry_run=False)
+    ns = argparse.Namespace(rest=["--jobs", "3"], jobs=None, only=None, kept=None, dry_run=False)
     assert sweep._arguments(ns)[0] == 3
