@@ -93,13 +93,13 @@ def collect(runs_dir: str | Path) -> list[dict]:
             try:
                 rows.append(_read_run(cfg_file.parent, root))
             except (ConfigError, ValueError, KeyError, OSError) as e:
-                print(f"tadlora report: skipping {cfg_file.parent}: {e}", file=sys.stderr)
+                print(f"tadlora: skipping {cfg_file.parent}: {e}", file=sys.stderr)
     for path in sorted(root.rglob(records.BUNDLE)):
         try:
             rows += _bundle_rows(path, root)
         except (ConfigError, ValueError, KeyError, OSError, EOFError, tomllib.TOMLDecodeError
                 ) as e:
-            print(f"tadlora report: skipping {path}: {e}", file=sys.stderr)
+            print(f"tadlora: skipping {path}: {e}", file=sys.stderr)
     _variants(rows)
     _label(rows)
     return rows
