@@ -76,7 +76,7 @@ def test_model_files_that_are_corrupt_or_missing_are_named(tiny_model_dir, tmp_p
     assert "does not exist" in err and time.time() - t0 < 20  # no minute of hub retries
 
 
-def test_unknown_device_out_dir_through_a_file_and_one_class(tmp_path, capsys):
+def test_unknown_device_out_dir_through_a_file_one_class_and_an_unseen_label(tmp_path, capsys):
     err = error_of(capsys, "run", "train.device=gpu", f"run.out_dir={tmp_path}")
     assert "train.device='gpu' is not a torch device" in err
     (tmp_path / "file").write_text("")
@@ -89,6 +89,11 @@ def test_unknown_device_out_dir_through_a_file_and_one_class(tmp_path, capsys):
     err = error_of(capsys, "run", "data.source=files", f"data.path={data}",
                    f"run.out_dir={tmp_path / 'o'}", "run.name=r", "clients.n=2")
     assert "one class only ('pos')" in err
+    (data / "train.csv").write_text("text_a,label\na,pos\nb,neg\n")
+    (data / "validation.csv").write_text("text_a,label\na,pos\nb,odd\nc,odd\n")
+    err = error_of(capsys, "run", "data.source=files", f"data.path={data}",
+                   f"run.out_dir={tmp_path / 'o'}", "run.name=r", "clients.n=2")
+    assert "validation label 'odd' never occurs in the training set (2 validation" in err
 
 
 def test_export_refuses_an_existing_file_and_names_a_malformed_state_json(tmp_path, capsys):

@@ -60,14 +60,11 @@ def _draw(labels: np.ndarray, props: np.ndarray, per_client: int, rng: np.random
     for client, p in enumerate(props):
         want = _round_counts(p, per_client)  # (k,)
         have = np.array([len(pool) for pool in pools])
-        if np.any(want > have) and not fill:
-            c = int(np.argmax(want > have))
-            raise ValueError(f"class {c} runs out at client {client} ({have[c]} left, "
-                             f"{want[c]} wanted): use a smaller examples_per_client")
         take = np.minimum(want, have)
         short = per_client - int(take.sum())
         if short > have.sum() - take.sum():
-            raise ValueError(f"not enough examples for client {client}: lower examples_per_client")
+            raise ValueError(f"not enough examples for client {client}: set a smaller "
+                             "data.examples_per_client")
         if short:  # uniform draw from what is left of the other classes
             take += rng.multivariate_hypergeometric(have - take, short)
         chunks = [pool[:t] for pool, t in zip(pools, take, strict=True)]
@@ -88,7 +85,22 @@ def _skewed(labels: np.ndarray, props: np.ndarray, rng: np.random.Generator,
         if per_client < 1:
             raise ValueError(f"too few examples per class ({sizes.tolist()}) for {len(props)} "
                              "clients under label skew")
+    elif not fill:
+        _check_fits(np.bincount(labels, minlength=props.shape[1]), props, per_client)
     return _draw(labels, props, per_client, rng, fill)
+
+
+def _check_fits(sizes: np.ndarray, props: np.ndarray, per_client: int) -> None:
+    """Label skew takes each class's share exactly: say which class is short and what fits."""
+    need = sum(_round_counts(p, per_client) for p in props)
+    if np.all(need <= sizes):
+        return
+    c = int(np.argmax(need > sizes))
+    most = _max_per_client(sizes, props)
+    fix = (f"set data.examples_per_client to {most} or less, or use fewer clients" if most
+           else "use fewer clients or more data")
+    raise ValueError(f"label skew over {len(props)} clients x {per_client} examples needs "
+                     f"{need[c]} of class {c}, and the training set has {sizes[c]}: {fix}")
 
 
 def _label_skew(labels: np.ndarray, n_clients: int, rng: np.random.Generator, alpha: float,
@@ -115,7 +127,7 @@ def _iid(labels: np.ndarray, n_clients: int, rng: np.random.Generator, alpha: fl
     per_client = len(labels) // n_clients if per_client is None else per_client
     if per_client * n_clients > len(labels):
         raise ValueError(f"{n_clients} x {per_client} examples exceed the {len(labels)} "
-                         "available: use a smaller examples_per_client")
+                         "available: set a smaller data.examples_per_client")
     perm = rng.permutation(len(labels))
     return [np.sort(perm[i * per_client:(i + 1) * per_client]) for i in range(n_clients)]
 

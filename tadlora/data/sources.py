@@ -156,4 +156,19 @@ def load_source(source: str, path: str | None = None, task: str | None = None,
     """
     if source not in SOURCES:
         raise ValueError(f"unknown data source {source!r}; valid: {sorted(SOURCES)}")
-    return SOURCES[source](path, task, val_size, seed)
+    train, val = SOURCES[source](path, task, val_size, seed)
+    _check_labels(f"data.source={source}" + (f", data.path={path}" if path else ""), train, val)
+    return train, val
+
+
+def _check_labels(where: str, train: TextData, val: TextData) -> None:
+    """Two classes at least, and no validation label that no client can learn."""
+    if len(np.unique(train.labels)) < 2:
+        raise ValueError(f"{where}: the training set has one class only "
+                         f"({train.label_names[int(train.labels[0])]!r}); "
+                         "classification needs examples of at least two labels")
+    unseen = np.setdiff1d(val.labels, train.labels)
+    if len(unseen):
+        raise ValueError(f"{where}: validation label {val.label_names[int(unseen[0])]!r} never "
+                         f"occurs in the training set ({int(np.sum(val.labels == unseen[0]))} "
+                         "validation examples have it): fix the files or drop those rows")

@@ -104,11 +104,6 @@ def load_data(cfg: Config) -> tuple[TextData, TextData]:
     if d.val_size and len(val.labels) > d.val_size:  # a fixed subset, the same for every run
         keep = np.sort(np.random.default_rng(0).permutation(len(val.labels))[:d.val_size])
         val = val.subset(keep)
-    if len(np.unique(train_set.labels)) < 2:
-        where = f"data.source={d.source}" + (f", data.path={d.path}" if d.path else "")
-        raise ConfigError(f"{where}: the training set has one class only "
-                          f"({train_set.label_names[int(train_set.labels[0])]!r}); "
-                          "classification needs examples of at least two labels")
     return train_set, val
 
 

@@ -75,10 +75,11 @@ def test_inferred_names_map_every_label_by_name(tmp_path, fmt: str) -> None:
 
 
 def test_files_tolerates_byte_order_mark(tmp_path) -> None:
-    (tmp_path / "train.tsv").write_text("\ufefftext_a\tlabel\nx\tyes\n", encoding="utf-8")
+    (tmp_path / "train.tsv").write_text("\ufefftext_a\tlabel\nx\tyes\nz\tno\n",
+                                        encoding="utf-8")
     (tmp_path / "validation.jsonl").write_text('\ufeff{"text_a": "y", "label": "no"}\n')
     train, val = load_source("files", str(tmp_path))
-    assert train.text_a == ["x"] and val.labels.tolist() == [0]
+    assert train.text_a == ["x", "z"] and val.labels.tolist() == [0]
 
 
 def test_files_task_picks_validation_file(tmp_path) -> None:

@@ -40,8 +40,11 @@ def test_label_skew_default_size_is_maximal_and_overflow_errors() -> None:
     per = len(parts[0])
     assert per > 0 and all(len(p) == per for p in parts)
     assert len(np.unique(np.concatenate(parts))) == 10 * per
-    with pytest.raises(ValueError, match="class 0 runs out.*smaller examples_per_client"):
+    with pytest.raises(ValueError, match=f"needs .* of class 0, and the training set has 400: "
+                       f"set data.examples_per_client to {per} or less"):
         partition(labels, 10, "label_skew", seed=0, examples_per_client=per + 1)
+    with pytest.raises(ValueError, match="has 0: use fewer clients or more data"):
+        partition(_labels([400, 0, 600]), 10, "label_skew", seed=0, examples_per_client=10)
 
 
 def test_dirichlet_and_iid_partitions() -> None:
@@ -54,7 +57,7 @@ def test_dirichlet_and_iid_partitions() -> None:
     assert np.all(np.abs(iid[:, 0] - 0.7) < 0.1)
     skewed = np.asarray(label_counts(labels, partition(labels, 4, "dirichlet", 0, alpha=0.05)))
     assert np.abs(skewed[:, 0] / 250 - 0.7).max() > 0.2  # small alpha: strong skew
-    with pytest.raises(ValueError, match="smaller examples_per_client"):
+    with pytest.raises(ValueError, match="set a smaller data.examples_per_client"):
         partition(labels, 4, "iid", 0, examples_per_client=251)
 
 
