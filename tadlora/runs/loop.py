@@ -115,8 +115,14 @@ def restore(engine: Engine, run: RunDir, exp: Experiment) -> int:
 
 
 def dropped(run: RunDir, first: int, cfg: Config) -> None:
-    """Say how many logged rounds the checkpoint does not cover (they are run again)."""
-    lost = sorted({r["round"] for r in run.records() if r["round"] >= first})
+    """Say how many logged rounds the checkpoint does not cover (they are run again), and which
+    rounds it covers have no record (a log cut or edited: their metrics are gone)."""
+    logged = {r["round"] for r in run.records()}
+    lost, gone = sorted(r for r in logged if r >= first), sorted(set(range(first)) - logged)
+    if gone:
+        warn(f"{run.metrics} has no record of {len(gone)} round(s) the checkpoint covers "
+             f"({gone[0]}..{gone[-1]}): the log was cut or edited; the training state is "
+             "intact, but those rounds' metrics are lost (restore the file to keep them)")
     if lost:
         warn(f"resuming {run.path} from round {first}: the {len(lost)} logged round(s) after "
              f"the checkpoint it restores ({lost[0]}..{lost[-1]}) are dropped and run again "

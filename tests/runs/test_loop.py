@@ -200,6 +200,17 @@ def test_a_corrupt_checkpoint_falls_back_to_the_previous_one(tiny_model_dir, tmp
         loop.resume(d, ["run.rounds=6"])
 
 
+def test_a_resume_names_rounds_the_log_lost_before_the_checkpoint(tiny_model_dir, tmp_path):
+    """A log cut or edited by hand (round 1's line gone, the checkpoint at round 4): the resume
+    warns that those metrics are lost, keeps the others and goes on from the checkpoint."""
+    d, _ = loop.run(config.load(None, tiny_run_args(tiny_model_dir, tmp_path, "cut")))
+    lines = (d / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (d / "metrics.jsonl").write_text("".join(lines[:1] + lines[2:]))
+    with pytest.warns(RunWarning, match=r"no record of 1 round\(s\) the checkpoint covers "
+                                        r"\(1..1\).*metrics are lost"):
+        loop.resume(d, ["run.rounds=5"])
+    assert [r["round"] for r in records(d)] == [0, 2, 3, 4]
+
 def test_a_run_killed_before_its_first_checkpoint_reruns_or_resumes(
         tiny_model_dir, tmp_path, monkeypatch):
     args = tiny_run_args(tiny_model_dir, tmp_path, "k", "run.checkpoint_every=3")
