@@ -20,11 +20,13 @@ from ..core.evaluate import EvalSet, TensorEvalSet
 from ..core.federation import Federation, MakeBatch
 from ..core.precision import cast_frozen, resolve_precision
 from ..data import partition, sources, synthetic
-from ..data.text import Encoded, TextData, batch_indices, collate, encode
+from ..data.text import Encoded, TextData, batch_indices, collate, encode, share_at_limit
 from .config import Config, ConfigError
+from .health import warn
 
 PACKAGED_MODEL = "minilm"
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # gpt2, org/name
+CUT_WARN = 0.05  # warn when more of the training examples than this fill data.max_length
 
 
 def model_path(path: str) -> str:
@@ -231,6 +233,9 @@ def text_task(cfg: Config, clients: range) -> Task:
     model, tok = load_model(cfg, len(train_set.label_names))
     mine = np.unique(np.concatenate([parts[c] for c in clients]))  # sorted train-set indices
     enc = encode(train_set.subset(mine), tok, cfg.data.max_length)
+    if (cut := share_at_limit(enc, cfg.data.max_length)) > CUT_WARN:
+        warn(f"{cut:.0%} of the training examples fill data.max_length={cfg.data.max_length} "
+             "tokens, so most of those are cut: raise it if the task needs the rest of the text")
     pad_id = tok.pad_token_id or 0
     val = EvalSet(encode(val_set, tok, cfg.data.max_length), pad_id,
                   max(64, cfg.train.batch_size))

@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from tadlora.data.text import Encoded, TextData, batch_indices, collate, encode, eval_batches
+from tadlora.data.text import (
+    Encoded,
+    TextData,
+    batch_indices,
+    collate,
+    encode,
+    eval_batches,
+    share_at_limit,
+)
 
 
 def test_batch_indices_pure_and_covers_each_epoch_once() -> None:
@@ -72,6 +80,7 @@ def test_encode_with_packaged_tokenizer(monkeypatch) -> None:
                      np.array([0, 2]), ["e", "n", "c"])
     enc = encode(pairs, tok, max_length=16)
     assert len(enc.input_ids[0]) < 16 and len(enc.input_ids[1]) == 16  # truncated, unpadded
+    assert share_at_limit(enc, 16) == 0.5 and share_at_limit(encode(pairs, tok, 64), 64) == 0
     assert enc.input_ids[0][0] == tok.cls_token_id and enc.input_ids[0].count(tok.sep_token_id) == 2
     assert enc.token_type_ids is not None and 1 in enc.token_type_ids[0]  # second segment
     assert enc.labels.dtype == torch.int64 and enc.labels.tolist() == [0, 2]

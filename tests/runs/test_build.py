@@ -1,13 +1,17 @@
 """Config -> the library's objects: the method's policy (and its auto T) and the graph
 process, through a whole run where it matters."""
 
+import warnings
+
 import numpy as np
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from tadlora.core import topology
 from tadlora.runs import build, config, loop
 from tadlora.runs.build import mixing, policy
+from tadlora.runs.health import RunWarning
 from tests.conftest import tiny_run_args
 from tests.runs.test_loop import records
 
@@ -90,3 +94,18 @@ def test_auto_with_a_topology_schedule_takes_each_pieces_t_and_online_builds_an_
     assert pol.schedule.segments == [(0, 1)] and rho is not None
     assert build.online(cfg, pol, range(2, 5)).held == range(2, 5)
     assert build.online(config.load(None, ["method.switch_interval=auto"]), pol, range(3)) is None
+
+
+def test_a_max_length_that_cuts_many_training_examples_is_warned(tiny_model_dir, tmp_path):
+    def task(max_length):
+        cfg = config.load(None, tiny_run_args(tiny_model_dir, tmp_path, "c",
+                                              f"data.max_length={max_length}"))
+        return build.text_task(cfg, range(cfg.clients.n))
+
+    with pytest.warns(RunWarning, match=r"^\d+% of the training examples fill "
+                                        r"data.max_length=8 tokens, so most of those are cut"):
+        task(8)
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        task(128)
+    assert not [w for w in got if "data.max_length" in str(w.message)]
