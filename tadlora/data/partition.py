@@ -42,11 +42,16 @@ def _round_counts(props: np.ndarray, total: int) -> np.ndarray:
     return counts
 
 
+def _need(props: np.ndarray, per_client: int) -> np.ndarray:
+    """Examples of each class that label skew takes over all clients, (k,)."""
+    return sum(_round_counts(p, per_client) for p in props)
+
+
 def _max_per_client(class_sizes: np.ndarray, props: np.ndarray) -> int:
     """Largest per-client size for which no class runs out (and clients stay disjoint)."""
     per = min(int(class_sizes.sum()) // len(props),
               int(np.min(class_sizes / np.maximum(props.sum(0), 1e-12))))
-    while per > 0 and np.any(sum(_round_counts(p, per) for p in props) > class_sizes):
+    while per > 0 and np.any(_need(props, per) > class_sizes):
         per -= 1
     return per
 
@@ -79,20 +84,20 @@ def _n_classes(labels: np.ndarray) -> int:
 
 def _skewed(labels: np.ndarray, props: np.ndarray, rng: np.random.Generator,
             per_client: int | None, fill: bool) -> list[np.ndarray]:
+    sizes = np.bincount(labels, minlength=props.shape[1])
     if per_client is None:
-        sizes = np.bincount(labels, minlength=props.shape[1])
         per_client = len(labels) // len(props) if fill else _max_per_client(sizes, props)
         if per_client < 1:
             raise ValueError(f"too few examples per class ({sizes.tolist()}) for {len(props)} "
                              "clients under label skew")
     elif not fill:
-        _check_fits(np.bincount(labels, minlength=props.shape[1]), props, per_client)
+        _check_fits(sizes, props, per_client)
     return _draw(labels, props, per_client, rng, fill)
 
 
 def _check_fits(sizes: np.ndarray, props: np.ndarray, per_client: int) -> None:
     """Label skew takes each class's share exactly: say which class is short and what fits."""
-    need = sum(_round_counts(p, per_client) for p in props)
+    need = _need(props, per_client)
     if np.all(need <= sizes):
         return
     c = int(np.argmax(need > sizes))

@@ -45,8 +45,9 @@ def encode(data: TextData, tokenizer: Any, max_length: int) -> Encoded:
 def share_at_limit(enc: Encoded, max_length: int) -> float:
     """The share of sequences that fill max_length: those truncation cut, and any that fit it
     exactly (an upper bound on the cut ones)."""
-    return float(np.mean([len(ids) >= max_length for ids in enc.input_ids])) if enc.input_ids \
-        else 0.0
+    if not enc.input_ids:
+        return 0.0
+    return float(np.mean([len(ids) >= max_length for ids in enc.input_ids]))
 
 
 def _pad(seqs: list[list[int]], width: int, value: int) -> torch.Tensor:

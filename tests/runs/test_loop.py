@@ -213,6 +213,7 @@ def test_a_resume_names_rounds_the_log_lost_before_the_checkpoint(tiny_model_dir
         loop.resume(d, ["run.rounds=5"])
     assert [r["round"] for r in records(d)] == [0, 2, 3, 4]
 
+
 def test_a_run_killed_before_its_first_checkpoint_reruns_or_resumes(
         tiny_model_dir, tmp_path, monkeypatch):
     args = tiny_run_args(tiny_model_dir, tmp_path, "k", "run.checkpoint_every=3")
