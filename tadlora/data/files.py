@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -63,25 +64,44 @@ def _read(path: Path) -> list[Record]:
 
 
 def _int_like(label: Any) -> int | None:
-    """An int label is a JSON integer or a string of decimal digits (as read from CSV/TSV)."""
+    """An int label is a JSON integer or a string of decimal digits with an optional minus (as
+    read from CSV/TSV)."""
     if isinstance(label, int) and not isinstance(label, bool):
         return label
-    return int(label) if isinstance(label, str) and label.isdecimal() else None
+    return int(label) if isinstance(label, str) and re.fullmatch(r"-?[0-9]+", label) else None
 
 
-def _infer_label_names(records: list[Record]) -> list[str]:
-    raw = [row.get("label") for _, row in records]
-    ints = [_int_like(x) for x in raw]
-    if ints and all(i is not None and i >= 0 for i in ints):
-        return [str(i) for i in range(max(i for i in ints if i is not None) + 1)]
-    return sorted({str(x) for x in raw if isinstance(x, str | int) and not isinstance(x, bool)})
+def _infer_label_names(files: list[tuple[Path, list[Record]]]) -> list[str]:
+    """Integer labels only: ids 0..max when none is negative, else their values in order.
+    Names only: sorted. Both kinds mixed (e.g. 1 and 1.0, or a stray space) is an error."""
+    labels = [(f"{path}:{line_no}", row["label"]) for path, records in files
+              for line_no, row in records if _valid_label(row.get("label"))]
+    ints = {where: _int_like(x) for where, x in labels}
+    if all(i is not None for i in ints.values()):
+        values = sorted(set(ints.values()))
+        return [str(i) for i in (range(values[-1] + 1) if values and values[0] >= 0 else values)]
+    name = next((where, x) for where, x in labels if ints[where] is None)
+    number = next(((where, x) for where, x in labels if ints[where] is not None), None)
+    if number is not None:
+        raise ValueError(f"{name[0]}: label {name[1]!r} is not an integer, but {number[0]} gives "
+                         f"the integer label {number[1]!r}; give every row the same kind of "
+                         "label, or list the names in labels.json")
+    return sorted({str(x) for _, x in labels})
+
+
+def _valid_label(label: Any) -> bool:
+    """A string that is not blank or an integer (the rest fails in _label_id, naming the row)."""
+    if isinstance(label, str):
+        return bool(label.strip())
+    return isinstance(label, int) and not isinstance(label, bool)
 
 
 def _label_id(label: Any, names: list[str], where: str, origin: str, given: bool) -> int:
     """The label's id: its name's position (inferred names: always; labels.json: for string
     labels), else an integer label is the id itself."""
-    if isinstance(label, bool) or not isinstance(label, str | int):
-        raise ValueError(f"{where}: label must be a string or an integer, got {label!r}")
+    if not _valid_label(label):
+        raise ValueError(f"{where}: label must be a name or an integer, got {label!r}; fill "
+                         "it in or drop the row")
     if (isinstance(label, str) or not given) and str(label) in names:
         return names.index(str(label))
     as_int = _int_like(label)
@@ -172,7 +192,7 @@ def load_files(path: str | None, task: str | None, val_size: int,
         files.append(file)
     records = [_read(f) for f in files]
     given = _label_names(directory)
-    names = given or _infer_label_names(records[0] + records[1])
+    names = given or _infer_label_names(list(zip(files, records, strict=True)))
     origin = f"{directory / 'labels.json'}" if given else "inferred from train and validation"
     train, val = (_records_to_data(r, f, names, origin, given is not None)
                   for r, f in zip(records, files, strict=True))

@@ -13,6 +13,7 @@ import bz2
 import csv
 import importlib
 import importlib.util
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,7 +163,8 @@ def load_source(source: str, path: str | None = None, task: str | None = None,
 
 
 def _check_labels(where: str, train: TextData, val: TextData) -> None:
-    """Two classes at least, and no validation label that no client can learn."""
+    """Two classes at least, no validation label that no client can learn, and a warning for
+    labels without a training example (an output that nothing trains)."""
     if len(np.unique(train.labels)) < 2:
         raise ValueError(f"{where}: the training set has one class only "
                          f"({train.label_names[int(train.labels[0])]!r}); "
@@ -172,3 +174,10 @@ def _check_labels(where: str, train: TextData, val: TextData) -> None:
         raise ValueError(f"{where}: validation label {val.label_names[int(unseen[0])]!r} never "
                          f"occurs in the training set ({int(np.sum(val.labels == unseen[0]))} "
                          "validation examples have it): fix the files or drop those rows")
+    absent = np.setdiff1d(np.arange(len(train.label_names)), train.labels)
+    if len(absent):
+        names = ", ".join(repr(train.label_names[i]) for i in absent[:5])
+        warnings.warn(f"{where}: {len(absent)} of the {len(train.label_names)} labels have no "
+                      f"training example ({names}{', ...' if len(absent) > 5 else ''}"
+                      "); the classifier keeps an output for each. If the integer labels are "
+                      "not ids 0..n-1, list the names in labels.json", UserWarning, stacklevel=3)

@@ -176,3 +176,39 @@ def test_bytes_that_are_not_utf8_name_the_file(tmp_path):
     (tmp_path / "validation.csv").write_text("text_a,label\nx,0\n")
     with pytest.raises(ValueError, match=r"train\.csv is not UTF-8 text.*iconv"):
         load_files(str(tmp_path), None, 0, 0)
+
+
+def _csv_dir(tmp_path: Path, train_labels: list[str], val_labels: list[str]) -> str:
+    (tmp_path / "train.csv").write_text("text,label\n" + "".join(
+        f"t{i},{v}\n" for i, v in enumerate(train_labels)))
+    (tmp_path / "validation.csv").write_text("text,label\n" + "".join(
+        f"v,{v}\n" for v in val_labels))
+    return str(tmp_path)
+
+
+def test_an_empty_label_names_the_row(tmp_path):
+    with pytest.raises(ValueError, match=r"train\.csv:3: label must be a name or an integer, "
+                                         r"got ''; fill it in or drop the row"):
+        load_files(_csv_dir(tmp_path, ["1", "", "0"], ["0"]), None, 0, 0)
+
+
+@pytest.mark.parametrize("odd", ["1.0", "1 "])
+def test_integer_labels_mixed_with_other_strings_fail_naming_both_rows(tmp_path, odd):
+    """A pandas float column (1.0) or a stray space would otherwise become a class of its own."""
+    with pytest.raises(ValueError, match=rf"train\.csv:3: label '{odd}' is not an integer, "
+                                         r"but .*train\.csv:2 gives the integer label '0'"):
+        load_files(_csv_dir(tmp_path, ["0", odd, "1"], ["0"]), None, 0, 0)
+
+
+def test_negative_integer_labels_are_ordered_by_value(tmp_path):
+    train, val = load_files(_csv_dir(tmp_path, ["-1", "-2", "0", "-10"], ["-2"]), None, 0, 0)
+    assert train.label_names == ["-10", "-2", "-1", "0"]
+    assert train.labels.tolist() == [2, 1, 3, 0] and val.labels.tolist() == [1]
+
+
+def test_labels_without_a_training_example_warn(tmp_path):
+    """Integer labels 0, 1, 5 are ids: outputs 2-4 are never trained, likely not meant."""
+    with pytest.warns(UserWarning, match=r"3 of the 6 labels have no training example "
+                                         r"\('2', '3', '4'\)"):
+        train, _ = load_source("files", _csv_dir(tmp_path, ["0", "1", "5"], ["1"]))
+    assert train.labels.tolist() == [0, 1, 5]

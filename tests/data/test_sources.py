@@ -100,10 +100,10 @@ class _FakeSplit(dict):
 
 
 def test_hf_maps_glue_columns(monkeypatch) -> None:
-    split = _FakeSplit(premise=["p1", "p2"], hypothesis=["h1", "h2"], label=[2, 0])
+    split = _FakeSplit(premise=["p1", "p2", "p3"], hypothesis=["h1", "h2", "h3"], label=[2, 0, 1])
     splits = {"train": split, "validation_matched": split}
     fake = types.SimpleNamespace(load_dataset=lambda name, task: splits)
     monkeypatch.setitem(sys.modules, "datasets", fake)
     train, val = load_source("hf", task="mnli")
-    assert train.text_a == ["p1", "p2"] and val.text_b == ["h1", "h2"]
-    assert train.labels.tolist() == [2, 0] and train.label_names[2] == "contradiction"
+    assert train.text_a == ["p1", "p2", "p3"] and val.text_b == ["h1", "h2", "h3"]
+    assert train.labels.tolist() == [2, 0, 1] and train.label_names[2] == "contradiction"
