@@ -108,7 +108,37 @@ def _edges_to_adjacency(edges: list[Edge], n: int | None, path: str) -> np.ndarr
                 f"with n = {n} node indices must be in 0..{n - 1}"
             )
         adj[i, j] = adj[j, i] = True  # duplicates merge here
+    _warn_disconnected(adj, path)
     return adj
+
+
+def _components(adj: np.ndarray) -> list[list[int]]:
+    """The connected components (node lists, each sorted), by breadth-first search."""
+    seen = np.zeros(len(adj), dtype=bool)
+    parts = []
+    for start in range(len(adj)):
+        if seen[start]:
+            continue
+        seen[start], frontier, part = True, [start], [start]
+        while frontier:
+            reached = np.flatnonzero(adj[frontier].any(axis=0) & ~seen)
+            seen[reached] = True
+            frontier = reached.tolist()
+            part += frontier
+        parts.append(sorted(part))
+    return parts
+
+
+def _warn_disconnected(adj: np.ndarray, path: str) -> None:
+    """A graph in pieces never mixes across them: separate federations (rho = 1)."""
+    parts = _components(adj)
+    if len(parts) > 1:
+        shown = "; ".join(" ".join(map(str, p[:8])) + (" ..." if len(p) > 8 else "")
+                          for p in parts[:4])
+        warnings.warn(f"graph file {path}: the graph has {len(parts)} separate components "
+                      f"({shown}{'; ...' if len(parts) > 4 else ''}); clients in different ones "
+                      "never exchange, so it never mixes (rho = 1); add edges between them if "
+                      "that is not meant", UserWarning, stacklevel=3)
 
 
 def _warn_one_directional(edges: list[Edge], path: str) -> None:

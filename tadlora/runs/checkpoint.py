@@ -105,7 +105,8 @@ def read(directory: Path) -> tuple[dict, Tensors, Tensors]:
     if not (directory / META).is_file():
         old = directory.with_name(directory.name + ".old")
         hint = f" (an older one is at {old})" if old.exists() else ""
-        raise CheckpointError(f"no checkpoint in {directory}{hint}: nothing to resume from")
+        raise CheckpointError(f"no checkpoint in {directory}{hint}: a run saves one after its "
+                              "first round; records from `tadlora keep` hold none")
     meta = read_meta(directory)
     verify(directory, meta)
     try:

@@ -23,9 +23,9 @@ def _edges(adj: np.ndarray) -> list[tuple[int, int]]:
 
 
 def test_file_json(tmp_path: Path) -> None:
-    path = _write(tmp_path, "g.json", json.dumps({"n": 4, "edges": [[0, 1], [1, 2]]}))
+    path = _write(tmp_path, "g.json", json.dumps({"n": 3, "edges": [[0, 1], [1, 2]]}))
     adj = from_file(path)
-    assert _is_adjacency(adj, 4) and _edges(adj) == [(0, 1), (1, 2)]
+    assert _is_adjacency(adj, 3) and _edges(adj) == [(0, 1), (1, 2)]
 
 
 def test_file_edge_list_with_comments_and_duplicates(tmp_path: Path) -> None:
@@ -65,8 +65,20 @@ def test_a_graph_file_that_is_not_utf8_is_named(tmp_path: Path) -> None:
 
 
 def test_file_edge_list_with_n_line(tmp_path: Path) -> None:
-    adj = from_file(_write(tmp_path, "g.txt", "# header\nn 6\n0 1\n"))
+    with pytest.warns(UserWarning, match=r"5 separate components \(0 1; 2; 3; 4; \.\.\.\)"):
+        adj = from_file(_write(tmp_path, "g.txt", "# header\nn 6\n0 1\n"))  # 2-5 isolated
     assert adj.shape == (6, 6) and _edges(adj) == [(0, 1)]
+
+
+def test_a_graph_in_pieces_warns_naming_them(tmp_path: Path) -> None:
+    """Two rings of 10 and a pair: 3 components, each listed by its first 8 nodes."""
+    ring = [(k, (k + 1) % 10) for k in range(10)]
+    edges = ring + [(i + 10, j + 10) for i, j in ring] + [(20, 21)]
+    text = "".join(f"{i} {j}\n" for i, j in edges)
+    with pytest.warns(UserWarning, match=r"3 separate components \(0 1 2 3 4 5 6 7 \.\.\.; "
+                                         r"10 11 12 13 14 15 16 17 \.\.\.; 20 21\).*rho = 1"):
+        adj = from_file(_write(tmp_path, "g.txt", text))
+    assert len(_edges(adj)) == 21
 
 
 def test_file_graph_process_is_static(tmp_path: Path) -> None:
@@ -102,7 +114,7 @@ def test_file_errors_name_file_and_line(tmp_path: Path, text: str, match: str) -
 
 
 def test_file_size_must_match_clients(tmp_path: Path) -> None:
-    path = _write(tmp_path, "g.txt", "n 8\n0 1\n")
+    path = _write(tmp_path, "g.txt", "n 8\n" + "".join(f"{k} {k + 1}\n" for k in range(7)))
     with pytest.raises(
         ValueError, match=re.escape(f"graph file {path} has 8 nodes but clients.n = 10")
     ):

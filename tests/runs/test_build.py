@@ -36,10 +36,11 @@ def test_a_run_on_a_graph_file(tiny_model_dir, tmp_path):
     graph.write_text("# a path 1-0-2 and an isolated client\nn 4\n0 1\n0 2\n")
     cfg = config.load(None, tiny_run_args(tiny_model_dir, tmp_path, "g", "method.name=lora",
                                           "topology.kind=file", f"topology.path={graph}"))
-    w = mixing(cfg)(0)
+    with pytest.warns(UserWarning, match="2 separate components"):
+        w = mixing(cfg)(0)
+        d, summary = loop.run(cfg)
     assert np.array_equal(w != 0, np.eye(4, dtype=bool) | [[0, 1, 1, 0], [1, 0, 0, 0],
                                                            [1, 0, 0, 0], [0, 0, 0, 0]])
-    d, summary = loop.run(cfg)
     assert summary["rounds"] == 4 and summary["topology"] == "file"
     tensors = load_file(str(d / "checkpoint" / "adapters.safetensors"))
     row = sum(4 * v[0].numel() for k, v in tensors.items() if k.startswith(("A/", "B/")))
