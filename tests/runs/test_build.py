@@ -47,9 +47,10 @@ def test_a_run_on_a_graph_file(tiny_model_dir, tmp_path):
     rows = records(d)
     assert [r["bytes_sent"] for r in rows] == [[2 * row, row, row, 0]] * 4
     # the isolated client is never mixed: it ends exactly as it would have trained alone
-    alone, _ = loop.run(config.load(None, tiny_run_args(
-        tiny_model_dir, tmp_path, "alone", "method.name=local", "topology.kind=file",
-        f"topology.path={graph}")))
+    with pytest.warns(UserWarning, match="2 separate components"):
+        alone, _ = loop.run(config.load(None, tiny_run_args(
+            tiny_model_dir, tmp_path, "alone", "method.name=local", "topology.kind=file",
+            f"topology.path={graph}")))
     by_itself = load_file(str(alone / "checkpoint" / "adapters.safetensors"))
     assert all(torch.equal(tensors[k][3], v[3]) for k, v in by_itself.items())
     assert not all(torch.equal(tensors[k][0], v[0]) for k, v in by_itself.items())
