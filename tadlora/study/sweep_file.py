@@ -112,6 +112,10 @@ def load_sweep(path: str | Path) -> Sweep:
     bad = [k for k, v in grid.items() if not isinstance(v, list) or not v]
     if bad:
         raise ConfigError(f"sweep file {path}: [grid] values must be non-empty lists: {bad}")
+    twice = next(((k, x) for k, v in grid.items() for i, x in enumerate(v) if x in v[:i]), None)
+    if twice:
+        raise ConfigError(f"sweep file {path}: [grid] {twice[0]} lists {twice[1]!r} more than "
+                          "once; list each value once")
     includes = [flat(t) for t in raw.get("include", [])]
     if not grid and not includes:
         raise ConfigError(f"sweep file {path}: [grid] is empty and there is no [[include]], so "

@@ -70,6 +70,8 @@ def test_duplicates_dropped_and_bad_sweeps_rejected(tmp_path):
         load_sweep(write(tmp_path / "r.toml", ring))
     with pytest.raises(ConfigError, match="non-empty lists"):
         load_sweep(write(tmp_path / "b.toml", '[sweep]\nname="b"\n[grid]\n"run.seed"=1\n'))
+    with pytest.raises(ConfigError, match=r"\[grid\] run.seed lists 1 more than once"):
+        load_sweep(write(tmp_path / "t.toml", '[sweep]\nname="t"\n[grid]\n"run.seed"=[1, 0, 1]\n'))
     with pytest.raises(ConfigError, match="unknown config key train.x"):
         load_sweep(write(tmp_path / "k.toml", '[sweep]\nname="k"\n[grid]\n"train.x"=[1]\n'))
     with pytest.raises(ConfigError, match=r"needs \[sweep\] name"):
