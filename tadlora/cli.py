@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from dataclasses import fields
 from pathlib import Path
 
 from . import __version__
@@ -24,6 +25,10 @@ def _split(args: list[str]) -> tuple[str | None, list[str]]:
 
 def _config(args: list[str]) -> Config:
     path, overrides = _split(args)
+    sections = {f.name for f in fields(Config)}
+    if path and not Path(path).exists() and path.split(".")[0] in sections and "." in path:
+        raise ConfigError(f"{path!r} is not a config file, and an override needs a value: "
+                          f"{path}=VALUE")
     return load(path, overrides)
 
 

@@ -76,6 +76,13 @@ def test_model_files_that_are_corrupt_or_missing_are_named(tiny_model_dir, tmp_p
     assert "does not exist" in err and time.time() - t0 < 20  # no minute of hub retries
 
 
+def test_an_override_without_a_value_is_not_taken_for_a_config_file(tmp_path, capsys):
+    err = error_of(capsys, "run", "train.lr", "clients.n=2")
+    assert "'train.lr' is not a config file, and an override needs a value: train.lr=VALUE" in err
+    err = error_of(capsys, "run", str(tmp_path / "missing.toml"))
+    assert "missing.toml does not exist" in err
+
+
 def test_unknown_device_out_dir_through_a_file_one_class_and_an_unseen_label(tmp_path, capsys):
     err = error_of(capsys, "run", "train.device=gpu", f"run.out_dir={tmp_path}")
     assert "train.device='gpu' is not a torch device" in err
