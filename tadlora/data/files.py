@@ -107,7 +107,7 @@ def _label_id(label: Any, names: list[str], where: str, origin: str, given: bool
     as_int = _int_like(label)
     if as_int is not None and 0 <= as_int < len(names):
         return as_int
-    if str(label) in names:  # e.g. -1 among inferred string names
+    if str(label) in names:  # an integer label that labels.json lists as a name, e.g. "-1"
         return names.index(str(label))
     raise ValueError(f"{where}: label {label!r} is not in the label set {names[:20]} "
                      f"({origin}); fix the row or add the label to labels.json")
