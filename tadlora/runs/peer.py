@@ -17,7 +17,8 @@ clients departed (`--depart`, core/membership.py); `--rejoin` brings them back. 
 torchrun restarted (--max-restarts) resumes its run by itself (`restarted_run`).
 
 Several hosts, with torchrun (HOST:PORT = an address and free port of host 0 that the other
-hosts reach; the same config file and data on every host; M peer processes per host):
+hosts reach; the same config file and data on every host, which the peers check as they join
+(`_same_run`); M peer processes per host):
     host 0:  torchrun --nnodes 2 --node-rank 0 --nproc-per-node M --rdzv-endpoint HOST:PORT \
                  -m tadlora.cli peer exp.toml run.name=exp1
     host 1:  torchrun --nnodes 2 --node-rank 1 --nproc-per-node M --rdzv-endpoint HOST:PORT \
@@ -31,6 +32,7 @@ where that is the wrong one.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -40,6 +42,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from .. import __version__
 from ..core.membership import NO_CHANGE, Change
 from ..engines import auth, exchange
 from ..engines.distributed import DistributedEngine
@@ -48,13 +51,44 @@ from ..engines.liveness import Liveness, PeerLost, join
 from ..engines.net import Net, backend
 from .build import Experiment, build
 from .checkpoint import CheckpointError
-from .config import Config, ConfigError
+from .config import Config, ConfigError, to_dict, toml_value
 from .health import check_device
 from .loop import execute
 from .rundir import RunDir
 
 PEER_LOST, INTERRUPTED = 3, 130
+# where things are on a host, not what the run computes: these may differ between peers
+HOST_LOCAL = ("run.out_dir", "run.progress", "model.path", "data.path", "topology.path",
+              "distributed.secret_file")
+SHOWN = 4  # differing settings named in the error
 log = logging.getLogger("tadlora.peer")
+
+
+def _settings(cfg: Config, change: Change) -> dict[str, str]:
+    """What every peer must agree on: the resolved config but its host-local keys, the
+    membership change of a resume, and the tadlora version."""
+    flat = {f"{section}.{key}": toml_value(value) for section, values in to_dict(cfg).items()
+            for key, value in values.items() if f"{section}.{key}" not in HOST_LOCAL}
+    moved = " ".join([f"--depart {','.join(map(str, change.depart))}"] * bool(change.depart)
+                     + ["--rejoin"] * change.rejoin) or "none"
+    return {**flat, "--depart/--rejoin": moved, "tadlora version": __version__}
+
+
+def _same_run(cfg: Config, change: Change, rank: int, world: int, store: dist.Store) -> None:
+    """Each peer publishes its settings and compares every peer's with rank 0's, so a peer
+    started with another config or other overrides stops the whole group, before anything is
+    written, with one error that every peer prints alike."""
+    store.set(f"settings/{rank}", json.dumps(_settings(cfg, change)))
+    ref = json.loads(store.get("settings/0"))
+    for other in range(1, world):
+        got = json.loads(store.get(f"settings/{other}"))
+        if diff := sorted(k for k in ref.keys() | got.keys() if ref.get(k) != got.get(k)):
+            shown = "; ".join(f"{k} = {got.get(k)} on rank {other}, {ref.get(k)} on rank 0"
+                              for k in diff[:SHOWN])
+            more = f" (and {len(diff) - SHOWN} more)" if len(diff) > SHOWN else ""
+            raise ConfigError(f"the peers were not started with the same run: {shown}{more}; "
+                              "start every peer with the same config file and overrides (only "
+                              f"{', '.join(HOST_LOCAL)} may differ between hosts)")
 
 
 def _run_directory(cfg: Config, rank: int, store: dist.Store,
@@ -130,6 +164,7 @@ def main(cfg: Config, resume: Path | None = None, change: Change = NO_CHANGE) ->
               auth.secret(d.secret_file))
     run = None
     try:
+        _same_run(cfg, change, rank, world, store)
         run = _run_directory(cfg, rank, store, resume)
         exp = _build(cfg, run, net.clients, fresh=rank == 0 and resume is None)
         execute(DistributedEngine(exp.fed, exp.val, net), exp, run, resume is not None, change)

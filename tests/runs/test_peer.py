@@ -1,13 +1,18 @@
 """A peer process: joining fails clearly outside torchrun; rank 0 names the run directory."""
 
+import json
 import os
+import re
+import sys
 
 import pytest
 import torch.distributed as dist
 
+from tadlora.core.membership import NO_CHANGE, Change
 from tadlora.runs import config, loop, peer
 from tadlora.runs.config import ConfigError
 from tadlora.runs.rundir import RunDir
+from tests.engines.peers import args, free_port, run_group
 
 
 def test_a_peer_outside_torchrun_says_how_to_start_it(monkeypatch, capsys):
@@ -54,3 +59,42 @@ def test_a_new_peer_run_that_fails_to_build_leaves_nothing(tmp_path):
     with pytest.raises(FileNotFoundError):
         peer._build(cfg, run, range(0, 5), fresh=True)
     assert sorted(tmp_path.iterdir()) == []
+
+
+def test_peers_started_with_other_settings_stop_naming_them(tmp_path):
+    """Every peer compares its settings with rank 0's; host-local paths may differ."""
+    base = [f"run.out_dir={tmp_path}", "run.name=exp"]
+    ours = config.load(None, base)
+    store = dist.HashStore()
+    store.set("settings/1", json.dumps(peer._settings(
+        config.load(None, [*base, "train.lr=2e-3", "model.path=/elsewhere/minilm"]), NO_CHANGE)))
+    with pytest.raises(ConfigError, match=r"train.lr = 0.002 on rank 1, 0.001 on rank 0; start "
+                                          r"every peer with the same config file"):
+        peer._same_run(config.load(None, [*base, "train.lr=1e-3"]), NO_CHANGE, 0, 2, store)
+    store = dist.HashStore()
+    store.set("settings/1", json.dumps(peer._settings(
+        config.load(None, [*base, "model.path=/elsewhere", "data.path=/d", "run.progress=false"]),
+        NO_CHANGE)))
+    peer._same_run(ours, NO_CHANGE, 0, 2, store)  # paths and progress are the host's own
+    store = dist.HashStore()
+    store.set("settings/1", json.dumps(peer._settings(
+        config.load(None, [*base, "run.rounds=7", "clients.n=4", "train.lr=1e-4", "run.seed=3",
+                           "method.name=lora"]), Change(depart=(2,)))))
+    with pytest.raises(ConfigError, match=r"--depart/--rejoin = --depart 2 on rank 1, none on "
+                                          r"rank 0; clients.n = 4 .* \(and 2 more\)"):
+        peer._same_run(ours, NO_CHANGE, 0, 2, store)
+
+
+def test_torchrun_peers_with_other_overrides_exit_before_writing(nodrop_model_dir, tmp_path):
+    """Two torchrun node groups started with different learning rates: both peers exit with
+    status 2 and the same one-line error (torchrun adds its own report), and no run directory
+    is left."""
+    argv = args(nodrop_model_dir, tmp_path, "exp")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2",
+                "--nproc-per-node", "1", "--rdzv-endpoint", f"127.0.0.1:{free_port()}"]
+    results = run_group([[*torchrun, "--node-rank", str(k), "-m", "tadlora.cli", "peer", *argv,
+                          f"train.lr={lr}"] for k, lr in ((0, 1e-3), (1, 2e-3))], timeout=120)
+    for rc, _, err in results:
+        assert rc != 0 and "train.lr = 0.002 on rank 1, 0.001 on rank 0" in err, err
+        assert "exitcode  : 2" in err and not re.search(r'File "[^"]*/tadlora/\w+', err)
+    assert not (tmp_path / "exp").exists()
