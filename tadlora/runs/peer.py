@@ -32,6 +32,7 @@ where that is the wrong one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -49,7 +50,7 @@ from ..engines.distributed import DistributedEngine
 from ..engines.exchange import ProtocolError
 from ..engines.liveness import Liveness, PeerLost, join
 from ..engines.net import Net, backend
-from .build import Experiment, build
+from .build import Experiment, build, model_path
 from .checkpoint import CheckpointError
 from .config import Config, ConfigError, to_dict, toml_value
 from .health import check_device
@@ -64,31 +65,60 @@ SHOWN = 4  # differing settings named in the error
 log = logging.getLogger("tadlora.peer")
 
 
+def _contents(path: str) -> str:
+    """A short sha256 of a file, or of every file under a directory (names and bytes)."""
+    root = Path(path).expanduser()
+    if not root.exists():
+        return "missing"
+    digest = hashlib.sha256()
+    try:
+        for f in sorted(root.rglob("*")) if root.is_dir() else [root]:
+            if f.is_file():
+                digest.update(f"{f.relative_to(root) if root.is_dir() else ''}\0".encode())
+                with f.open("rb") as handle:
+                    while chunk := handle.read(1 << 20):
+                        digest.update(chunk)
+    except OSError as e:
+        return f"unreadable ({e.strerror})"
+    return digest.hexdigest()[:12]
+
+
 def _settings(cfg: Config, change: Change) -> dict[str, str]:
     """What every peer must agree on: the resolved config but its host-local keys, the
-    membership change of a resume, and the tadlora version."""
+    contents of the files those keys name, the membership change of a resume, and the
+    tadlora version."""
     flat = {f"{section}.{key}": toml_value(value) for section, values in to_dict(cfg).items()
             for key, value in values.items() if f"{section}.{key}" not in HOST_LOCAL}
+    try:
+        model = model_path(cfg.model.path)
+    except ConfigError:
+        model = cfg.model.path  # build names the problem; here it is "missing" on this peer
+    files = {"model.path": model if Path(model).is_dir() else "",  # a hub id: not compared
+             "data.path": cfg.data.path, "topology.path": cfg.topology.path}
     moved = " ".join([f"--depart {','.join(map(str, change.depart))}"] * bool(change.depart)
                      + ["--rejoin"] * change.rejoin) or "none"
-    return {**flat, "--depart/--rejoin": moved, "tadlora version": __version__}
+    return {**flat, **{f"contents of {k}": _contents(v) for k, v in files.items() if v},
+            "--depart/--rejoin": moved, "tadlora version": __version__}
 
 
-def _same_run(cfg: Config, change: Change, rank: int, world: int, store: dist.Store) -> None:
-    """Each peer publishes its settings and compares every peer's with rank 0's, so a peer
-    started with another config or other overrides stops the whole group, before anything is
-    written, with one error that every peer prints alike."""
-    store.set(f"settings/{rank}", json.dumps(_settings(cfg, change)))
-    ref = json.loads(store.get("settings/0"))
-    for other in range(1, world):
-        got = json.loads(store.get(f"settings/{other}"))
+def _same_run(cfg: Config, change: Change, live: Liveness) -> None:
+    """Each peer publishes its settings and, once every peer has (a peer that dies first is
+    named), compares every peer's with rank 0's: a peer started with another config, other
+    overrides or other files stops the whole group, before anything is written, with one
+    error that every peer prints alike."""
+    live.store.set(f"settings/{live.rank}", json.dumps(_settings(cfg, change)))
+    live.barrier("settings")
+    ref = json.loads(live.store.get("settings/0"))
+    for other in range(1, live.world):
+        got = json.loads(live.store.get(f"settings/{other}"))
         if diff := sorted(k for k in ref.keys() | got.keys() if ref.get(k) != got.get(k)):
-            shown = "; ".join(f"{k} = {got.get(k)} on rank {other}, {ref.get(k)} on rank 0"
-                              for k in diff[:SHOWN])
+            shown = "; ".join(f"{k} = {got.get(k, '-')} on rank {other}, {ref.get(k, '-')} on "
+                              "rank 0" for k in diff[:SHOWN])
             more = f" (and {len(diff) - SHOWN} more)" if len(diff) > SHOWN else ""
             raise ConfigError(f"the peers were not started with the same run: {shown}{more}; "
-                              "start every peer with the same config file and overrides (only "
-                              f"{', '.join(HOST_LOCAL)} may differ between hosts)")
+                              "start every peer with the same config file, overrides and files "
+                              f"(only the paths {', '.join(HOST_LOCAL)} may differ between "
+                              "hosts)")
 
 
 def _run_directory(cfg: Config, rank: int, store: dist.Store,
@@ -164,7 +194,7 @@ def main(cfg: Config, resume: Path | None = None, change: Change = NO_CHANGE) ->
               auth.secret(d.secret_file))
     run = None
     try:
-        _same_run(cfg, change, rank, world, store)
+        _same_run(cfg, change, live)
         run = _run_directory(cfg, rank, store, resume)
         exp = _build(cfg, run, net.clients, fresh=rank == 0 and resume is None)
         execute(DistributedEngine(exp.fed, exp.val, net), exp, run, resume is not None, change)

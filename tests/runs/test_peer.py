@@ -4,6 +4,7 @@ import json
 import os
 import re
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch.distributed as dist
@@ -61,28 +62,49 @@ def test_a_new_peer_run_that_fails_to_build_leaves_nothing(tmp_path):
     assert sorted(tmp_path.iterdir()) == []
 
 
+def _compare(ours, theirs, theirs_change=NO_CHANGE):
+    """Rank 0's check against a rank 1 that published `theirs` (no real peers needed)."""
+    store = dist.HashStore()
+    store.set("settings/1", json.dumps(peer._settings(theirs, theirs_change)))
+    peer._same_run(ours, NO_CHANGE, SimpleNamespace(store=store, rank=0, world=2,
+                                                    barrier=lambda tag: 0.0))
+
+
 def test_peers_started_with_other_settings_stop_naming_them(tmp_path):
     """Every peer compares its settings with rank 0's; host-local paths may differ."""
     base = [f"run.out_dir={tmp_path}", "run.name=exp"]
     ours = config.load(None, base)
-    store = dist.HashStore()
-    store.set("settings/1", json.dumps(peer._settings(
-        config.load(None, [*base, "train.lr=2e-3", "model.path=/elsewhere/minilm"]), NO_CHANGE)))
     with pytest.raises(ConfigError, match=r"train.lr = 0.002 on rank 1, 0.001 on rank 0; start "
                                           r"every peer with the same config file"):
-        peer._same_run(config.load(None, [*base, "train.lr=1e-3"]), NO_CHANGE, 0, 2, store)
-    store = dist.HashStore()
-    store.set("settings/1", json.dumps(peer._settings(
-        config.load(None, [*base, "model.path=/elsewhere", "data.path=/d", "run.progress=false"]),
-        NO_CHANGE)))
-    peer._same_run(ours, NO_CHANGE, 0, 2, store)  # paths and progress are the host's own
-    store = dist.HashStore()
-    store.set("settings/1", json.dumps(peer._settings(
-        config.load(None, [*base, "run.rounds=7", "clients.n=4", "train.lr=1e-4", "run.seed=3",
-                           "method.name=lora"]), Change(depart=(2,)))))
+        _compare(config.load(None, [*base, "train.lr=1e-3"]),
+                 config.load(None, [*base, "train.lr=2e-3"]))
+    _compare(ours, config.load(None, [*base, "run.out_dir=/elsewhere", "run.progress=false"]))
     with pytest.raises(ConfigError, match=r"--depart/--rejoin = --depart 2 on rank 1, none on "
                                           r"rank 0; clients.n = 4 .* \(and 2 more\)"):
-        peer._same_run(ours, NO_CHANGE, 0, 2, store)
+        _compare(ours, config.load(None, [*base, "run.rounds=7", "clients.n=4", "train.lr=1e-4",
+                                          "run.seed=3", "method.name=lora"]), Change(depart=(2,)))
+
+
+def test_peers_compare_the_contents_of_their_files_not_their_paths(tmp_path):
+    """The same data under two paths is the same run; other bytes, or no file, are not."""
+    here, there, other = (tmp_path / d for d in ("here", "there", "other"))
+    for d, label in ((here, "pos"), (there, "pos"), (other, "neg")):
+        (d / "sub").mkdir(parents=True)
+        (d / "sub" / "train.csv").write_text(f"text,label\nok,{label}\n")
+    files = ["data.source=files", "topology.kind=file"]
+    (tmp_path / "g.txt").write_text("0 1\n")
+
+    def cfg(data, graph="g.txt"):
+        return config.load(None, [*files, f"data.path={data}",
+                                  f"topology.path={tmp_path / graph}"])
+
+    _compare(cfg(here), cfg(there))
+    with pytest.raises(ConfigError, match=r"contents of data.path = \w{12} on rank 1, \w{12} on "
+                                          r"rank 0; start every peer with the same config file, "
+                                          r"overrides and files"):
+        _compare(cfg(here), cfg(other))
+    with pytest.raises(ConfigError, match="contents of topology.path = missing on rank 1"):
+        _compare(cfg(here), cfg(here, "none.txt"))
 
 
 def test_torchrun_peers_with_other_overrides_exit_before_writing(nodrop_model_dir, tmp_path):
