@@ -35,7 +35,7 @@ def from_file(path: str | Path | None) -> np.ndarray:
         raise ValueError(f"graph file {path} has {Path(path).stat().st_size} bytes, more than "
                          f"the {MAX_BYTES} a graph of at most {MAX_NODES} nodes needs")
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8-sig")  # a BOM (Windows editors) is dropped
     except UnicodeDecodeError as e:
         raise ValueError(f"graph file {path} is not UTF-8 text ({e.reason}); write it as plain "
                          "text (edge list) or JSON") from e

@@ -160,7 +160,7 @@ def _label_names(directory: Path) -> list[str] | None:
     if not file.is_file():
         return None
     try:
-        names = json.loads(file.read_text(encoding="utf-8"))
+        names = json.loads(file.read_text(encoding="utf-8-sig"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{file}: not a UTF-8 JSON list of label names ({e})") from e
     if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):

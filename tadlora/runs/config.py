@@ -264,7 +264,7 @@ def read_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"{what} {p} {'is a directory' if p.is_dir() else 'does not exist'}")
     try:
-        return tomllib.loads(p.read_text(encoding="utf-8"))
+        return tomllib.loads(p.read_text(encoding="utf-8-sig"))  # -sig: a BOM is dropped
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{what} {p} is not valid TOML (UTF-8 text): {e}") from e
 

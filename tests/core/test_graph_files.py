@@ -28,6 +28,12 @@ def test_file_json(tmp_path: Path) -> None:
     assert _is_adjacency(adj, 3) and _edges(adj) == [(0, 1), (1, 2)]
 
 
+def test_graph_files_with_a_byte_order_mark_load(tmp_path: Path) -> None:
+    for name, text in (("g.json", '{"n": 3, "edges": [[0, 1], [1, 2]]}'), ("g.txt", "0 1\n1 2\n")):
+        (tmp_path / name).write_bytes(b"\xef\xbb\xbf" + text.encode())
+        assert _edges(from_file(str(tmp_path / name))) == [(0, 1), (1, 2)]
+
+
 def test_file_edge_list_with_comments_and_duplicates(tmp_path: Path) -> None:
     text = "# a path\n\n0 1  # first\n1 2\n2 1\n0 1\n"
     with pytest.warns(UserWarning, match=r"1 edge\(s\) are listed in one direction only "

@@ -66,6 +66,12 @@ def test_files_labels_json_order_and_int_labels(tmp_path) -> None:
     assert train.labels.tolist() == [2, 0, 1] and train.label_names == ["0", "1", "2"]
 
 
+def test_labels_json_with_a_byte_order_mark_loads(tmp_path) -> None:
+    _dir(tmp_path, ROWS)
+    (tmp_path / "labels.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(["yes", "no"]).encode())
+    assert load_source("files", str(tmp_path))[0].label_names == ["yes", "no"]
+
+
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
 def test_inferred_names_map_every_label_by_name(tmp_path, fmt: str) -> None:
     """Labels -1 and 0 (not ids 0..n-1): the names are ["-1", "0"] and 0 is "0", not id 0."""

@@ -40,6 +40,12 @@ def test_toml_file_then_overrides(tmp_path):
     assert cfg.method.name == "lora" and cfg.train.local_steps == 3 and cfg.train.lr == 5e-4
 
 
+def test_a_config_file_with_a_byte_order_mark_loads(tmp_path):
+    f = tmp_path / "c.toml"  # as Windows editors save UTF-8
+    f.write_bytes(b"\xef\xbb\xbf[train]\nlr = 0.002\n")
+    assert config.load(f).train.lr == 0.002
+
+
 @pytest.mark.parametrize("override, match", [
     (["train.lrr=1"], "unknown config key train.lrr; valid keys of \\[train\\]: local_steps"),
     (["trian.lr=1"], "unknown config section \\[trian\\]; valid: run"),
