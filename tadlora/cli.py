@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import warnings
 from dataclasses import fields
@@ -198,18 +199,36 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     print(f"tadlora: warning: {message}", file=file or sys.stderr)
 
 
+AFTER_INTERRUPT = {  # what continues the work of a command stopped by Ctrl-C or SIGTERM
+    "sweep": "run the same sweep command again: finished runs are skipped, the interrupted "
+             "one resumes from its last checkpoint",
+    "launch": "continue with `tadlora launch --peers N --resume RUN_DIR`",
+}
+
+
+def _interrupted(command: str, e: KeyboardInterrupt) -> str:
+    if isinstance(e, loop.Interrupted) and command == "run":
+        return (f"its finished rounds are kept: continue with `tadlora run --resume {e.path}` "
+                "(with run.rounds=N to change the length)")
+    return AFTER_INTERRUPT.get(command, "")
+
+
 def main(argv: list[str] | None = None) -> int:
     ns = parser().parse_args(argv)
     warnings.showwarning = _show_warning
+    # SIGTERM (kill, timeout, batch schedulers) stops a command as Ctrl-C does: cleanly
+    term = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         code = ns.func(ns)
     except (ConfigError, CheckpointError, OSError, ValueError) as e:
         print(f"tadlora: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("tadlora: interrupted; the last checkpoint is kept (resume with "
-              "`tadlora run --resume RUN_DIR`)", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print("; ".join(filter(None, ("tadlora: interrupted", _interrupted(ns.command, e)))),
+              file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, term)
     return code or 0
 
 

@@ -1,10 +1,15 @@
 """The command line: printing, exit codes and clean errors (the work is tested with the
 library modules it calls)."""
 
+import json
 import os
+import signal
+import subprocess
+import sys
 import time
 
 from tadlora import cli
+from tadlora.study import sweep
 from tests.conftest import tiny_run_args
 from tests.core.test_graph_files import _write
 
@@ -146,3 +151,30 @@ def test_a_hub_id_on_a_machine_without_the_hub_searches_the_cache_only(tmp_path)
     assert got.returncode == 2 and "Traceback" not in got.stderr
     assert "the hub is offline: only its cache was searched" in got.stderr
     assert "Retrying" not in got.stderr
+
+
+def test_sigterm_stops_a_run_like_ctrl_c_and_names_its_resume(tiny_model_dir, tmp_path):
+    """kill, timeout and batch schedulers send SIGTERM: the run stops with status 130 and the
+    command that continues it, and that command finishes the run."""
+    args = tiny_run_args(tiny_model_dir, tmp_path, "long", "run.rounds=10000", "run.eval_every=0")
+    proc = subprocess.Popen([sys.executable, "-m", "tadlora.cli", "run", *args],
+                            stderr=subprocess.PIPE, text=True)
+    saved = tmp_path / "long" / "checkpoint"
+    deadline = time.time() + 120
+    while not saved.is_dir() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert (f"tadlora: interrupted; its finished rounds are kept: continue with `tadlora run "
+            f"--resume {tmp_path / 'long'}`") in err and "Traceback" not in err
+    done = json.loads((saved / "state.json").read_text())["round"]
+    assert cli.main(["run", "--resume", str(tmp_path / "long"), f"run.rounds={done + 1}"]) == 0
+
+
+def test_an_interrupted_sweep_says_that_running_it_again_resumes(tmp_path, monkeypatch, capsys):
+    def interrupted(ns):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(sweep, "cmd_sweep", interrupted)
+    assert cli.main(["sweep", str(tmp_path / "s.toml")]) == 130
+    assert "run the same sweep command again" in capsys.readouterr().err

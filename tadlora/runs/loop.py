@@ -257,6 +257,22 @@ def execute(engine: Engine, exp: Experiment, run: RunDir, resume: bool,
     return result
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM, which the command line turns into it) stopped a run of this
+    process after its directory was made: `path` resumes it."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(str(path))
+        self.path = path
+
+
+def _here(exp: Experiment, run_dir: RunDir, resume: bool) -> dict:
+    try:
+        return execute(LocalEngine(exp.fed, exp.val), exp, run_dir, resume=resume)
+    except KeyboardInterrupt as e:
+        raise Interrupted(run_dir.path) from e
+
+
 def run(cfg: Config) -> tuple[Path, dict]:
     """A new run from scratch, every client in this process; (run directory, summary)."""
     health.check_device(cfg)
@@ -267,7 +283,7 @@ def run(cfg: Config) -> tuple[Path, dict]:
         except BaseException:
             run_dir.discard()  # a start-up failure leaves nothing behind
             raise
-        return run_dir.path, execute(LocalEngine(exp.fed, exp.val), exp, run_dir, resume=False)
+        return run_dir.path, _here(exp, run_dir, resume=False)
     finally:
         run_dir.unlock()
 
@@ -279,7 +295,10 @@ def resume(directory: str | Path, overrides: list[str] = ()) -> tuple[Path, dict
     health.check_device(cfg)
     run_dir = RunDir.open(Path(directory))
     try:
-        exp = build(cfg)
-        return run_dir.path, execute(LocalEngine(exp.fed, exp.val), exp, run_dir, resume=True)
+        try:
+            exp = build(cfg)
+        except KeyboardInterrupt as e:
+            raise Interrupted(run_dir.path) from e
+        return run_dir.path, _here(exp, run_dir, resume=True)
     finally:
         run_dir.unlock()
