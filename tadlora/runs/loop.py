@@ -27,7 +27,7 @@ from ..core import membership
 from ..core.membership import NO_CHANGE, Change
 from ..engines.base import Engine
 from ..engines.local import LocalEngine
-from . import checkpoint, health, machine
+from . import checkpoint, health, inputs, machine
 from .build import Experiment, build
 from .checkpoint import CheckpointError
 from .config import Config, ConfigError
@@ -50,12 +50,24 @@ def summary(exp: Experiment, records: list[dict], wall: float) -> dict:
             "precision": exp.fed.local.precision,
             "machine": machine.describe(exp.fed.local.device),
             "label_names": exp.label_names, "label_counts": exp.label_counts,
-            "wall_time_s": round(wall, 1), **last_eval}
+            "inputs": inputs.digests(cfg), "wall_time_s": round(wall, 1), **last_eval}
 
 
 def clients_info(exp: Experiment) -> dict:
     return {"label_names": exp.label_names, "label_counts": exp.label_counts, "rho": exp.rho,
-            "switch_interval": exp.fed.policy.interval}
+            "switch_interval": exp.fed.policy.interval, "inputs": inputs.digests(exp.cfg)}
+
+
+def changed_inputs(run: RunDir, cfg: Config, first: int) -> None:
+    """Warn when a resume reads other files (other bytes) than the run started on."""
+    try:
+        before = run.read_json(CLIENTS).get("inputs", {})
+    except (OSError, ValueError):  # no record to compare with: nothing to say
+        return
+    if moved := inputs.changes(before, inputs.digests(cfg)):
+        warn(f"the files of {'; '.join(moved)} are not the ones {run.path} started on: its "
+             f"rounds from {first} on read other files than the rounds before (sha256 shown; "
+             "restore the files to continue the same run)")
 
 
 def _read_round(engine: Engine, parts: list, rnd: int, n: int) -> tuple | None:
@@ -196,6 +208,8 @@ def start(engine: Engine, run: RunDir, exp: Experiment, resume: bool, change: Ch
         _change(engine, run, cfg.clients.n, first, change)
     if writer and resume:
         dropped(run, first, cfg)
+        if first:
+            changed_inputs(run, cfg, first)
         run.write_config(cfg)
         run.truncate(first)
     if writer and first == 0:

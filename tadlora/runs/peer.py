@@ -32,7 +32,6 @@ where that is the wrong one.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -50,7 +49,8 @@ from ..engines.distributed import DistributedEngine
 from ..engines.exchange import ProtocolError
 from ..engines.liveness import Liveness, PeerLost, join
 from ..engines.net import Net, backend
-from .build import Experiment, build, model_path
+from . import inputs
+from .build import Experiment, build
 from .checkpoint import CheckpointError
 from .config import Config, ConfigError, to_dict, toml_value
 from .health import check_device
@@ -65,39 +65,15 @@ SHOWN = 4  # differing settings named in the error
 log = logging.getLogger("tadlora.peer")
 
 
-def _contents(path: str) -> str:
-    """A short sha256 of a file, or of every file under a directory (names and bytes)."""
-    root = Path(path).expanduser()
-    if not root.exists():
-        return "missing"
-    digest = hashlib.sha256()
-    try:
-        for f in sorted(root.rglob("*")) if root.is_dir() else [root]:
-            if f.is_file():
-                digest.update(f"{f.relative_to(root) if root.is_dir() else ''}\0".encode())
-                with f.open("rb") as handle:
-                    while chunk := handle.read(1 << 20):
-                        digest.update(chunk)
-    except OSError as e:
-        return f"unreadable ({e.strerror})"
-    return digest.hexdigest()[:12]
-
-
 def _settings(cfg: Config, change: Change) -> dict[str, str]:
     """What every peer must agree on: the resolved config but its host-local keys, the
     contents of the files those keys name, the membership change of a resume, and the
     tadlora version."""
     flat = {f"{section}.{key}": toml_value(value) for section, values in to_dict(cfg).items()
             for key, value in values.items() if f"{section}.{key}" not in HOST_LOCAL}
-    try:
-        model = model_path(cfg.model.path)
-    except ConfigError:
-        model = cfg.model.path  # build names the problem; here it is "missing" on this peer
-    files = {"model.path": model if Path(model).is_dir() else "",  # a hub id: not compared
-             "data.path": cfg.data.path, "topology.path": cfg.topology.path}
     moved = " ".join([f"--depart {','.join(map(str, change.depart))}"] * bool(change.depart)
                      + ["--rejoin"] * change.rejoin) or "none"
-    return {**flat, **{f"contents of {k}": _contents(v) for k, v in files.items() if v},
+    return {**flat, **{f"contents of {k}": v for k, v in inputs.digests(cfg).items()},
             "--depart/--rejoin": moved, "tadlora version": __version__}
 
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -212,6 +213,24 @@ def test_a_resume_names_rounds_the_log_lost_before_the_checkpoint(tiny_model_dir
                                         r"\(1..1\).*metrics are lost"):
         loop.resume(d, ["run.rounds=5"])
     assert [r["round"] for r in records(d)] == [0, 2, 3, 4]
+
+
+def test_a_run_records_its_files_by_content_and_a_resume_names_those_that_changed(
+        tiny_model_dir, tmp_path, monkeypatch):
+    graph = tmp_path / "g.txt"
+    graph.write_text("0 1\n1 2\n2 3\n3 0\n")
+    d = crashed_run(tiny_run_args(tiny_model_dir, tmp_path, "g", "topology.kind=file",
+                                  f"topology.path={graph}", "method.name=lora"), 3, monkeypatch)
+    recorded = json.loads((d / "clients.json").read_text())["inputs"]
+    assert sorted(recorded) == ["model.path", "topology.path"]
+    assert all(re.fullmatch("[0-9a-f]{12}", v) for v in recorded.values())
+    graph.write_text("0 1\n1 2\n2 3\n3 0\n0 2\n")
+    with pytest.warns(RunWarning, match=rf"the files of topology.path \({recorded['topology.path']}"
+                                        r", now [0-9a-f]{12}\) are not the ones .* started on: its "
+                                        r"rounds from 3 on read other files"):
+        _, summary = loop.resume(d)
+    assert summary["inputs"]["topology.path"] != recorded["topology.path"]
+    assert summary["inputs"]["model.path"] == recorded["model.path"]
 
 
 def test_a_run_killed_before_its_first_checkpoint_reruns_or_resumes(

@@ -1,0 +1,51 @@
+"""The files a run reads, by content: a short sha256 of what model.path, data.path and
+topology.path name (every file under a directory, names and bytes). A run records them in
+clients.json and its summary (so a kept record says which data it ran on); a resume warns when
+they changed, and the peers of a distributed run compare theirs as they join (runs/peer.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from .build import model_path
+from .config import Config, ConfigError
+
+SHORT = 12  # hex digits kept: enough to tell versions of a file apart
+
+
+def contents(path: str | Path) -> str:
+    """A short sha256 of a file, or of every file under a directory; "missing" or
+    "unreadable (...)" where there is nothing to read."""
+    root = Path(path).expanduser()
+    if not root.exists():
+        return "missing"
+    digest = hashlib.sha256()
+    try:
+        for f in sorted(root.rglob("*")) if root.is_dir() else [root]:
+            if f.is_file():
+                digest.update(f"{f.relative_to(root) if root.is_dir() else ''}\0".encode())
+                with f.open("rb") as handle:
+                    while chunk := handle.read(1 << 20):
+                        digest.update(chunk)
+    except OSError as e:
+        return f"unreadable ({e.strerror})"
+    return digest.hexdigest()[:SHORT]
+
+
+def digests(cfg: Config) -> dict[str, str]:
+    """{key: contents} for the keys of `cfg` that name files (a hub model id is left out)."""
+    try:
+        model = model_path(cfg.model.path)
+    except ConfigError:
+        model = cfg.model.path  # build names the problem; here it reads as "missing"
+    files = {"model.path": model if Path(model).is_dir() else "",
+             "data.path": cfg.data.path, "topology.path": cfg.topology.path}
+    return {key: contents(path) for key, path in files.items() if path}
+
+
+def changes(before: dict[str, str], now: dict[str, str]) -> list[str]:
+    """The keys whose files differ between two `digests`, as 'key (X, now Y)'."""
+    return [f"{key} ({before[key]}, now {now.get(key, 'not read')})" for key in sorted(before)
+            if before[key] != now.get(key)]
