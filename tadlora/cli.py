@@ -208,7 +208,7 @@ AFTER_INTERRUPT = {  # what continues the work of a command stopped by Ctrl-C or
 
 def _interrupted(command: str, e: KeyboardInterrupt) -> str:
     if isinstance(e, loop.Interrupted) and command == "run":
-        return (f"its finished rounds are kept: continue with `tadlora run --resume {e.path}` "
+        return (f"its finished rounds are kept: continue with `tadlora run --resume {e.args[0]}` "
                 "(with run.rounds=N to change the length)")
     return AFTER_INTERRUPT.get(command, "")
 

@@ -1,7 +1,8 @@
 """The files a run reads, by content: a short sha256 of what model.path, data.path and
 topology.path name (every file under a directory, names and bytes). A run records them in
 clients.json and its summary (so a kept record says which data it ran on); a resume warns when
-they changed, and the peers of a distributed run compare theirs as they join (runs/peer.py).
+they changed (`warn_if_changed`), and the peers of a distributed run compare theirs as they
+join (runs/peer.py).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from pathlib import Path
 
 from .build import model_path
 from .config import Config, ConfigError
+from .health import warn
+from .rundir import CLIENTS, RunDir
 
 SHORT = 12  # hex digits kept: enough to tell versions of a file apart
 
@@ -49,3 +52,15 @@ def changes(before: dict[str, str], now: dict[str, str]) -> list[str]:
     """The keys whose files differ between two `digests`, as 'key (X, now Y)'."""
     return [f"{key} ({before[key]}, now {now.get(key, 'not read')})" for key in sorted(before)
             if before[key] != now.get(key)]
+
+
+def warn_if_changed(run: RunDir, cfg: Config, first: int) -> None:
+    """Warn when a resume from round `first` > 0 reads other files than the run started on."""
+    try:
+        before = run.read_json(CLIENTS).get("inputs", {})
+    except (OSError, ValueError):  # no record to compare with: nothing to say
+        return
+    if first and (moved := changes(before, digests(cfg))):
+        warn(f"the files of {'; '.join(moved)} are not the ones {run.path} started on: its "
+             f"rounds from {first} on read other files than the rounds before (sha256 shown; "
+             "restore the files to continue the same run)")

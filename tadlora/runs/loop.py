@@ -45,29 +45,16 @@ def summary(exp: Experiment, records: list[dict], wall: float) -> dict:
     last_eval = next(r["eval"] for r in reversed(records) if "eval" in r)
     cfg = exp.cfg
     return {"method": cfg.method.name, "topology": cfg.topology.kind, "p": cfg.topology.p,
-            "rounds": len(records), "switch_interval": exp.fed.policy.interval_at(
-                len(records) - 1), "rho": exp.rho,
-            "precision": exp.fed.local.precision,
-            "machine": machine.describe(exp.fed.local.device),
+            "rounds": len(records), "rho": exp.rho, "precision": exp.fed.local.precision,
+            "switch_interval": exp.fed.policy.interval_at(len(records) - 1),
+            "machine": machine.describe(exp.fed.local.device), "inputs": inputs.digests(cfg),
             "label_names": exp.label_names, "label_counts": exp.label_counts,
-            "inputs": inputs.digests(cfg), "wall_time_s": round(wall, 1), **last_eval}
+            "wall_time_s": round(wall, 1), **last_eval}
 
 
 def clients_info(exp: Experiment) -> dict:
     return {"label_names": exp.label_names, "label_counts": exp.label_counts, "rho": exp.rho,
             "switch_interval": exp.fed.policy.interval, "inputs": inputs.digests(exp.cfg)}
-
-
-def changed_inputs(run: RunDir, cfg: Config, first: int) -> None:
-    """Warn when a resume reads other files (other bytes) than the run started on."""
-    try:
-        before = run.read_json(CLIENTS).get("inputs", {})
-    except (OSError, ValueError):  # no record to compare with: nothing to say
-        return
-    if moved := inputs.changes(before, inputs.digests(cfg)):
-        warn(f"the files of {'; '.join(moved)} are not the ones {run.path} started on: its "
-             f"rounds from {first} on read other files than the rounds before (sha256 shown; "
-             "restore the files to continue the same run)")
 
 
 def _read_round(engine: Engine, parts: list, rnd: int, n: int) -> tuple | None:
@@ -208,8 +195,7 @@ def start(engine: Engine, run: RunDir, exp: Experiment, resume: bool, change: Ch
         _change(engine, run, cfg.clients.n, first, change)
     if writer and resume:
         dropped(run, first, cfg)
-        if first:
-            changed_inputs(run, cfg, first)
+        inputs.warn_if_changed(run, cfg, first)
         run.write_config(cfg)
         run.truncate(first)
     if writer and first == 0:
@@ -272,12 +258,7 @@ def execute(engine: Engine, exp: Experiment, run: RunDir, resume: bool,
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C (or SIGTERM, which the command line turns into it) stopped a run of this
-    process after its directory was made: `path` resumes it."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(str(path))
-        self.path = path
+    """Ctrl-C or SIGTERM (cli.py) stopped a run of this process; args[0] resumes it."""
 
 
 def _here(exp: Experiment, run_dir: RunDir, resume: bool) -> dict:
@@ -309,10 +290,8 @@ def resume(directory: str | Path, overrides: list[str] = ()) -> tuple[Path, dict
     health.check_device(cfg)
     run_dir = RunDir.open(Path(directory))
     try:
-        try:
-            exp = build(cfg)
-        except KeyboardInterrupt as e:
-            raise Interrupted(run_dir.path) from e
-        return run_dir.path, _here(exp, run_dir, resume=True)
+        return run_dir.path, _here(build(cfg), run_dir, resume=True)
+    except KeyboardInterrupt as e:  # while building: the run is as it was
+        raise Interrupted(run_dir.path) from e
     finally:
         run_dir.unlock()
