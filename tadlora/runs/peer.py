@@ -93,8 +93,7 @@ def _same_run(cfg: Config, change: Change, live: Liveness) -> None:
             more = f" (and {len(diff) - SHOWN} more)" if len(diff) > SHOWN else ""
             raise ConfigError(f"the peers were not started with the same run: {shown}{more}; "
                               "start every peer with the same config file, overrides and files "
-                              f"(only the paths {', '.join(HOST_LOCAL)} may differ between "
-                              "hosts)")
+                              f"(only {', '.join(HOST_LOCAL)} may differ between hosts)")
 
 
 def _run_directory(cfg: Config, rank: int, store: dist.Store,
