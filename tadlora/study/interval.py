@@ -44,10 +44,26 @@ def _trained_t(r: dict) -> int | None:
     return r["T"] if r["si"] == "auto" else None
 
 
+def matched_seeds(by_t: dict[int, dict]) -> list[int]:
+    """The seeds to compare the T on (T -> seed -> score): of the seed sets that one T ran or
+    that every T ran, the one shared by the most runs (T x seeds, then more seeds), among those
+    at least two T ran; [] when no two T share a seed. A T run on a seed or two more than the
+    rest, or on fewer, then neither decides the pick nor drags the others down to its seeds."""
+    sets = [set(v) for v in by_t.values()]
+    shared = {frozenset(s) for s in [*sets, set.intersection(*sets)] if s}
+
+    def score(s: frozenset) -> tuple:
+        return sum(s <= t for t in sets) * len(s), len(s), sorted(s)
+
+    found = [score(s) for s in shared if sum(s <= t for t in sets) >= 2]
+    return max(found)[2] if found else []
+
+
 def best_t(rows: list[dict], task: str) -> list[dict]:
     """Per connectivity with >= 2 fixed T for tad (an auto run counts at its T, unless a fixed
-    run of that T and seed is there): the best T and the T within one std of it, picked on the
-    seeds every T ran (matched, as in `pick_lr`; all seeds if none is common), rho."""
+    run of that T and seed is there): the best T and the T within one std of it, picked on
+    matched seeds (`matched_seeds`, as `pick_lr` picks a rate; all seeds if no two T share
+    one), rho."""
     runs = [r for r in best_rows(rows) if r["task"] == task and r["method"] == "tad"]
     out = []
     for conn in conn_order(runs):
@@ -60,8 +76,9 @@ def best_t(rows: list[dict], task: str) -> list[dict]:
         if len(by_t) < 2:
             continue
         st = {t: stats(list(v.values())) for t, v in sorted(by_t.items())}
-        seeds = sorted(set.intersection(*(set(v) for v in by_t.values())))
-        on = {t: stats([v[s] for s in seeds]) for t, v in by_t.items()} if seeds else st
+        seeds = matched_seeds(by_t)
+        on = ({t: stats([v[s] for s in seeds]) for t, v in by_t.items() if set(seeds) <= set(v)}
+              if seeds else st)
         best = max(on, key=lambda t: (on[t][0], -t))
         group = sorted(t for t in on if on[t][0] >= on[best][0] - on[best][1])
         rho = float(np.mean([rho_of(r) for r in here]))

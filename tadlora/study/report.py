@@ -103,17 +103,20 @@ def t_table(found: list[dict]) -> list[str]:
         return []
     c = fit_c([f["best"] for f in found], [f["rho"] for f in found])
     body = [[f["connectivity"], f"{f['rho']:.3f}", f"{f['x']:.2f}", str(f["best"]),
-             _pct(f["matched"][f["best"]]), ", ".join(map(str, f["seeds"])) or "all",
+             _pct(f["matched"][f["best"]]), ", ".join(map(str, sorted(f["matched"]))),
+             ", ".join(map(str, f["seeds"])) or "all",
              ", ".join(map(str, f["group"])),
              ", ".join(map(str, f["auto"])) or "-",
              f"{f['default']} ({'in' if f['default'] in f['group'] else 'outside'})",
              str(switch_interval(f["rho"], c))]
             for f in found]
-    return ["Best switching interval of tad per connectivity, compared on the seeds every T "
-            "ran (all seeds where none is common; best group: T whose mean is within one std "
+    return ["Best switching interval of tad per connectivity, compared on matched seeds: the "
+            "seed set shared by the most runs (T x seeds) among those two T or more ran; a T "
+            "without those seeds is left out of the pick, its own mean is in the tables above "
+            "(all seeds where no two T share one; best group: T whose mean is within one std "
             "of the best T's mean; auto T: the T that runs with switch_interval=auto used):", "",
             *_table(["connectivity", "rho", "1/sqrt(1-rho)", "best T", "accuracy at best T",
-                     "compared on seeds", "best group", "auto T (runs)",
+                     "T compared", "compared on seeds", "best group", "auto T (runs)",
                      f"auto T (default c = {DEFAULT_C:g})",
                      "auto T with the fitted c"], body),
             f"Least-squares fit of T_best ≈ c / sqrt(1 - rho) over {len(found)} "

@@ -7,7 +7,7 @@ import pytest
 
 from tadlora.core import topology
 from tadlora.core.methods import DEFAULT_C, switch_interval
-from tadlora.study.interval import best_t, fit_c
+from tadlora.study.interval import best_t, fit_c, matched_seeds
 from tadlora.study.report import paired_table
 from tadlora.study.results import (
     cells,
@@ -155,3 +155,21 @@ def test_lr_is_picked_on_the_seeds_every_lr_ran(tmp_path):
     fake_run(tmp_path, "b0", ["method.name=lora", "train.lr=5e-4", "run.seed=0"], 0.75)
     lr, scores = pick_lr(collect(tmp_path))["rotten_tomatoes", "lora"]
     assert lr == 1e-3 and scores == {5e-4: pytest.approx(0.75), 1e-3: pytest.approx(0.76)}
+
+
+def test_best_t_leaves_out_a_t_run_on_fewer_seeds_instead_of_matching_down_to_them(t_sweep):
+    # a third seed for T = 1, 3, 5 (not 10), and T = 7 on seed 0 only: the pick is made on
+    # seeds 0-2 among T = 1, 3, 5 (9 runs), not on seed 0 over every T (5) or 0-1 (8)
+    for p in T_BEST:
+        for t in (1, 3, 5):
+            fake_run(t_sweep, f"{p}_{t}_2", ["method.name=tad", f"topology.p={p}", "run.seed=2",
+                                             f"method.switch_interval={t}",
+                                             "topology.rho_samples=300"], 0.8 - 0.01 * t)
+        fake_run(t_sweep, f"{p}_7_0", ["method.name=tad", f"topology.p={p}", "run.seed=0",
+                                       "method.switch_interval=7", "topology.rho_samples=300"],
+                 0.99)
+    found = best_t(collect(t_sweep), "rotten_tomatoes")
+    assert [f["seeds"] for f in found] == [[0, 1, 2]] * 3
+    assert [sorted(f["matched"]) for f in found] == [[1, 3, 5]] * 3
+    assert [f["best"] for f in found] == [1, 3, 5] and found[0]["stats"][7][0] == 0.99
+    assert matched_seeds({1: {0: 1}, 2: {1: 1}}) == []  # no two T share a seed
