@@ -10,4 +10,5 @@ trap 'rm -rf "$out"' EXIT
 cp "$out/testbed_map/phase_tad_minus_lora_0.png" docs/figures/testbed_tad_minus_lora.png
 cp "$out/testbed_t/phase_best_T_0.png" docs/figures/testbed_best_T.png
 cp "$out/paper_sst2/acc_vs_p__sst2.png" docs/figures/paper_sst2_acc_vs_p.png
+cp "$out/paper_sst2/acc_vs_T__sst2.png" docs/figures/paper_sst2_acc_vs_T.png
 echo "figures: docs/figures/*.png"

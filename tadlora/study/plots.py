@@ -119,12 +119,15 @@ def accuracy_vs_t(found: list[dict], runs: list[dict], task: str, out: Path) -> 
         ts = sorted(f["stats"])
         line = ax.errorbar(ts, [f["stats"][t][0] for t in ts], [f["stats"][t][1] for t in ts],
                            marker="o", capsize=3, label=f"{f['connectivity']}")
-        auto = [r for r in runs if r["method"] == "tad" and r["si"] == "auto"
-                and r["connectivity"] == f["connectivity"]]
+        here = [r for r in runs if r["connectivity"] == f["connectivity"]]
+        auto = [r for r in here if r["method"] == "tad" and r["si"] == "auto"]
         if auto:  # the auto runs' T and accuracy: a star on the same colour
             m = stats([r["final"] for r in auto])[0]
             ax.plot([auto[0]["T"]], [m], marker="*", markersize=14, linestyle="none",
                     color=line[0].get_color(), label=f"auto T={auto[0]['T']}")
+        if lora := [r["final"] for r in here if r["method"] == "lora"]:  # the bar to clear
+            ax.axhline(stats(lora)[0], linestyle="--", linewidth=1, color=line[0].get_color(),
+                       label=f"lora, {f['connectivity']}")
     _log_x(ax, [t for f in found for t in f["stats"]])
     return [_save(fig, _file(out, "acc_vs_T", task), ax, "switching interval T",
                   "final mean client accuracy", f"{task}, tad")]

@@ -1,6 +1,7 @@
 """The report's plots: mean and spread over seeds, file names, what each plot needs."""
 
 import numpy as np
+import pytest
 
 from tadlora.runs import config
 from tadlora.study import plots
@@ -26,3 +27,22 @@ def test_accuracy_vs_p_needs_two_edge_probabilities(tmp_path):
     assert plots.accuracy_vs_p([row(0.5, 0.7)], "t", tmp_path) == []
     out = plots.accuracy_vs_p([row(0.5, 0.7), row(0.1, 0.6)], "t", tmp_path)
     assert [p.name for p in out] == ["acc_vs_p__t.png"] and out[0].is_file()
+
+
+def test_accuracy_vs_t_draws_lora_at_each_connectivity_as_the_bar_to_clear(tmp_path,
+                                                                           monkeypatch):
+    found = [{"connectivity": c, "stats": {1: (0.7, 0.01, 2), 5: (0.72, 0.02, 2)}}
+             for c in ("ER p=0.1", "ER p=0.02")]
+    runs = [{"connectivity": "ER p=0.1", "method": "lora", "si": "auto", "final": f}
+            for f in (0.74, 0.76)]
+    drawn = {}
+
+    def keep(fig, path, ax, *labels):
+        handles, names = ax.get_legend_handles_labels()
+        drawn.update(zip(names, handles, strict=True))
+        return path
+
+    monkeypatch.setattr(plots, "_save", keep)
+    plots.accuracy_vs_t(found, runs, "t", tmp_path)
+    assert set(drawn) == {"ER p=0.1", "ER p=0.02", "lora, ER p=0.1"}
+    assert drawn["lora, ER p=0.1"].get_ydata()[0] == pytest.approx(0.75)
