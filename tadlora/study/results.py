@@ -72,6 +72,7 @@ def _row(d: Path, name: str, cfg: config.Config, summary: dict | None, metrics: 
             "wall": (summary or {}).get("wall_time_s"),
             "machine": (summary or {}).get("machine"),
             "precision": (summary or {}).get("precision") or cfg.train.precision,
+            "inputs": (summary or {}).get("inputs", {}),  # runs/inputs.py; {} before it existed
             "evals": [(m["round"] + 1, m["eval"]["mean"]) for m in metrics if "eval" in m],
             "cross": [(m["round"] + 1, m["cross_term_error"]) for m in metrics
                       if m.get("cross_term_error") is not None],
@@ -232,18 +233,23 @@ def crossed_precisions(rows: list[dict], task: str, against: str = "lora") -> li
 
 def mixed_settings(rows: list[dict]) -> list[str]:
     """Config keys that differ between the seeds of one table cell (a warning for the reader);
-    train.precision as the run resolved it (precision=auto is bf16 or fp32 by machine)."""
+    train.precision as the run resolved it (precision=auto is bf16 or fp32 by machine), and
+    the contents of the files a key names, where the runs recorded them (runs/inputs.py)."""
     groups = defaultdict(list)
     for r in rows:
         if r["finished"]:
             d = config.to_dict(r["cfg"])
             d["train"] = {**d["train"], "precision": r["precision"]}
-            groups[r["task"], r["label"], r["connectivity"], r["lr"]].append(d)
+            groups[r["task"], r["label"], r["connectivity"], r["lr"]].append((d, r["inputs"]))
     keys = set()
-    for dicts in groups.values():
+    for group in groups.values():
+        dicts = [d for d, _ in group]
         for section, values in dicts[0].items():
             for k, v in values.items():
                 if f"{section}.{k}" not in SAME_IN_GROUP and any(
                         d[section][k] != v for d in dicts[1:]):
                     keys.add(f"{section}.{k}")
+        for key in {k for _, files in group for k in files}:
+            if len({files[key] for _, files in group if key in files}) > 1:
+                keys.add(f"the files of {key}")
     return sorted(keys)

@@ -9,9 +9,10 @@ from tadlora.runs import config
 
 
 def fake_run(root: Path, name: str, overrides: list[str], final: float | None,
-             rho: float | None = None, rounds: int = 4, precision: str = "fp32") -> Path:
+             rho: float | None = None, rounds: int = 4, precision: str = "fp32",
+             inputs: dict | None = None) -> Path:
     """A run directory as runs.loop writes it, with made-up numbers (final=None: unfinished;
-    `precision`: the one train.precision resolved to)."""
+    `precision`: the one train.precision resolved to; `inputs`: the files' digests, if any)."""
     cfg = config.load(None, [f"run.rounds={rounds}", "run.eval_every=2", *overrides])
     d = root / name
     d.mkdir(parents=True)
@@ -31,7 +32,8 @@ def fake_run(root: Path, name: str, overrides: list[str], final: float | None,
         T = cfg.method.switch_interval if cfg.method.name == "tad" else None
         (d / "summary.json").write_text(json.dumps(
             {"mean": final, "rho": rho, "switch_interval": 3 if T == "auto" else T,
-             "wall_time_s": 60.0, "machine": "Test CPU (2 cores)", "precision": precision}))
+             "wall_time_s": 60.0, "machine": "Test CPU (2 cores)", "precision": precision,
+             **({"inputs": inputs} if inputs is not None else {})}))
     return d
 
 

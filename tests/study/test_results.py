@@ -110,6 +110,18 @@ def test_seeds_and_pairs_that_resolved_precision_auto_differently_are_flagged(tm
     assert mixed_settings(same) == [] and crossed_precisions(same, task) == []
 
 
+def test_seeds_of_one_cell_that_read_other_files_are_flagged(tmp_path):
+    """Seeds 0 and 1 recorded other bytes under data.path; seed 2 predates the record."""
+    root = tmp_path / "runs"
+    for seed, inputs in enumerate([{"data.path": "aaa", "model.path": "m"},
+                                   {"data.path": "bbb", "model.path": "m"}, None]):
+        fake_run(root, f"lora_{seed}", ["method.name=lora", f"run.seed={seed}"], 0.8,
+                 inputs=inputs)
+    rows = collect(root)
+    assert mixed_settings(rows) == ["the files of data.path"]
+    assert mixed_settings([r for r in rows if r["seed"] != 1]) == []
+
+
 def test_a_seed_run_twice_in_other_settings_is_not_paired(study):
     # in a setting the report merges into the same cell (how it was computed, not what):
     # a setting such as train.local_steps would make a task variant of its own
