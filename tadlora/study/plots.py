@@ -115,11 +115,15 @@ def accuracy_vs_t(found: list[dict], runs: list[dict], task: str, out: Path) -> 
         return []
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4))
-    for f in found:
-        ts = sorted(f["stats"])
-        line = ax.errorbar(ts, [f["stats"][t][0] for t in ts], [f["stats"][t][1] for t in ts],
-                           marker="o", capsize=3, label=f"{f['connectivity']}")
-        here = [r for r in runs if r["connectivity"] == f["connectivity"]]
+    for f in found:  # the T compared on matched seeds as a line; a T with fewer, hollow
+        on, conn = f["matched"], f["connectivity"]
+        ts, rest = sorted(on), sorted(set(f["stats"]) - set(on))
+        line = ax.errorbar(ts, [on[t][0] for t in ts], [on[t][1] for t in ts], marker="o",
+                           capsize=3, label=conn)
+        if rest:
+            ax.plot(rest, [f["stats"][t][0] for t in rest], marker="o", markerfacecolor="none",
+                    linestyle="none", color=line[0].get_color(), label=f"{conn}, fewer seeds")
+        here = [r for r in runs if r["connectivity"] == conn]
         auto = [r for r in here if r["method"] == "tad" and r["si"] == "auto"]
         if auto:  # the auto runs' T and accuracy: a star on the same colour
             m = stats([r["final"] for r in auto])[0]
@@ -127,7 +131,7 @@ def accuracy_vs_t(found: list[dict], runs: list[dict], task: str, out: Path) -> 
                     color=line[0].get_color(), label=f"auto T={auto[0]['T']}")
         if lora := [r["final"] for r in here if r["method"] == "lora"]:  # the bar to clear
             ax.axhline(stats(lora)[0], linestyle="--", linewidth=1, color=line[0].get_color(),
-                       label=f"lora, {f['connectivity']}")
+                       label=f"lora, {conn}")
     _log_x(ax, [t for f in found for t in f["stats"]])
     return [_save(fig, _file(out, "acc_vs_T", task), ax, "switching interval T",
                   "final mean client accuracy", f"{task}, tad")]

@@ -29,10 +29,12 @@ def test_accuracy_vs_p_needs_two_edge_probabilities(tmp_path):
     assert [p.name for p in out] == ["acc_vs_p__t.png"] and out[0].is_file()
 
 
-def test_accuracy_vs_t_draws_lora_at_each_connectivity_as_the_bar_to_clear(tmp_path,
-                                                                           monkeypatch):
-    found = [{"connectivity": c, "stats": {1: (0.7, 0.01, 2), 5: (0.72, 0.02, 2)}}
+def test_accuracy_vs_t_draws_lora_as_the_bar_to_clear_and_a_t_with_fewer_seeds_apart(
+        tmp_path, monkeypatch):
+    on = {1: (0.7, 0.01, 2), 5: (0.72, 0.02, 2)}
+    found = [{"connectivity": c, "stats": dict(on), "matched": on}
              for c in ("ER p=0.1", "ER p=0.02")]
+    found[0]["stats"][3] = (0.6, 0.0, 1)  # seed 0 only: not on the line
     runs = [{"connectivity": "ER p=0.1", "method": "lora", "si": "auto", "final": f}
             for f in (0.74, 0.76)]
     drawn = {}
@@ -44,5 +46,6 @@ def test_accuracy_vs_t_draws_lora_at_each_connectivity_as_the_bar_to_clear(tmp_p
 
     monkeypatch.setattr(plots, "_save", keep)
     plots.accuracy_vs_t(found, runs, "t", tmp_path)
-    assert set(drawn) == {"ER p=0.1", "ER p=0.02", "lora, ER p=0.1"}
+    assert set(drawn) == {"ER p=0.1", "ER p=0.02", "lora, ER p=0.1", "ER p=0.1, fewer seeds"}
+    assert list(drawn["ER p=0.1, fewer seeds"].get_xdata()) == [3]
     assert drawn["lora, ER p=0.1"].get_ydata()[0] == pytest.approx(0.75)
