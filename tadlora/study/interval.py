@@ -47,8 +47,8 @@ def _trained_t(r: dict) -> int | None:
 def matched_seeds(by_t: dict[int, dict]) -> list[int]:
     """The seeds to compare the T on (T -> seed -> score): of the seed sets that one T ran or
     that every T ran, the one shared by the most runs (T x seeds, then more seeds), among those
-    at least two T ran; [] when no two T share a seed. A T run on a seed or two more than the
-    rest, or on fewer, then neither decides the pick nor drags the others down to its seeds."""
+    at least two T ran; [] when no two T share a seed. So a T run on more seeds than the rest
+    does not decide the pick, and one run on fewer does not cut the others down to its seeds."""
     sets = [set(v) for v in by_t.values()]
     shared = {frozenset(s) for s in [*sets, set.intersection(*sets)] if s}
 
