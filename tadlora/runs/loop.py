@@ -289,9 +289,10 @@ def resume(directory: str | Path, overrides: list[str] = ()) -> tuple[Path, dict
     cfg = resumable_config(directory, overrides)
     health.check_device(cfg)
     run_dir = RunDir.open(Path(directory))
-    try:
-        return run_dir.path, _here(build(cfg), run_dir, resume=True)
-    except KeyboardInterrupt as e:  # while building: the run is as it was
+    try:  # interrupted while building too: the run is as it was
+        exp = build(cfg)
+        return run_dir.path, execute(LocalEngine(exp.fed, exp.val), exp, run_dir, resume=True)
+    except KeyboardInterrupt as e:
         raise Interrupted(run_dir.path) from e
     finally:
         run_dir.unlock()
