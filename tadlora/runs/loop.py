@@ -47,14 +47,14 @@ def summary(exp: Experiment, records: list[dict], wall: float) -> dict:
     return {"method": cfg.method.name, "topology": cfg.topology.kind, "p": cfg.topology.p,
             "rounds": len(records), "rho": exp.rho, "precision": exp.fed.local.precision,
             "switch_interval": exp.fed.policy.interval_at(len(records) - 1),
-            "machine": machine.describe(exp.fed.local.device), "inputs": inputs.digests(cfg),
+            "machine": machine.describe(exp.fed.local.device), "inputs": exp.inputs,
             "label_names": exp.label_names, "label_counts": exp.label_counts,
             "wall_time_s": round(wall, 1), **last_eval}
 
 
 def clients_info(exp: Experiment) -> dict:
     return {"label_names": exp.label_names, "label_counts": exp.label_counts, "rho": exp.rho,
-            "switch_interval": exp.fed.policy.interval, "inputs": inputs.digests(exp.cfg)}
+            "switch_interval": exp.fed.policy.interval, "inputs": exp.inputs}
 
 
 def _read_round(engine: Engine, parts: list, rnd: int, n: int) -> tuple | None:
@@ -195,7 +195,7 @@ def start(engine: Engine, run: RunDir, exp: Experiment, resume: bool, change: Ch
         _change(engine, run, cfg.clients.n, first, change)
     if writer and resume:
         dropped(run, first, cfg)
-        inputs.warn_if_changed(run, cfg, first)
+        inputs.warn_if_changed(run, exp.inputs, first)
         run.write_config(cfg)
         run.truncate(first)
     if writer and first == 0:

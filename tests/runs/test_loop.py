@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from tadlora.core import lora
 from tadlora.core.precision import resolve_precision
 from tadlora.engines import local
-from tadlora.runs import config, loop, machine
+from tadlora.runs import build, config, inputs, loop, machine
 from tadlora.runs.checkpoint import CheckpointError
 from tadlora.runs.config import ConfigError
 from tadlora.runs.health import NonFiniteError, RunWarning, questionable
@@ -231,6 +231,34 @@ def test_a_run_records_its_files_by_content_and_a_resume_names_those_that_change
         _, summary = loop.resume(d)
     assert summary["inputs"]["topology.path"] != recorded["topology.path"]
     assert summary["inputs"]["model.path"] == recorded["model.path"]
+
+
+def test_a_run_hashes_its_files_once_and_records_the_bytes_it_read(
+        tiny_model_dir, tmp_path, monkeypatch):
+    graph = tmp_path / "g.txt"
+    graph.write_text("0 1\n1 2\n2 3\n3 0\n")
+    hashed, real_contents, real_round = [], inputs.contents, local.run_round
+
+    def contents(path):
+        hashed.append(Path(path).name)
+        return real_contents(path)
+
+    def run_round(fed, t):  # the file changes under the running run: it read the old bytes
+        graph.write_text("0 1\n1 2\n2 3\n3 0\n0 2\n")
+        return real_round(fed, t)
+
+    monkeypatch.setattr(inputs, "contents", contents)
+    monkeypatch.setattr(local, "run_round", run_round)
+    d, summary = loop.run(config.load(None, tiny_run_args(
+        tiny_model_dir, tmp_path, "h", "topology.kind=file", f"topology.path={graph}")))
+    assert sorted(hashed) == sorted([Path(tiny_model_dir).name, "g.txt"])
+    assert summary["inputs"] == json.loads((d / "clients.json").read_text())["inputs"]
+    assert summary["inputs"]["topology.path"] != real_contents(graph)  # not the bytes at the end
+
+
+def test_the_testbed_reads_no_model_or_data_files():
+    cfg = config.load(None, ["data.source=synthetic", "data.path=somewhere"])
+    assert build.input_files(cfg) == {"model.path": "", "data.path": "", "topology.path": ""}
 
 
 def test_a_run_killed_before_its_first_checkpoint_reruns_or_resumes(
