@@ -26,7 +26,7 @@ def save_tiny(directory, dropout: bool = True) -> str:
     """The tiny random BERT (optionally without dropout) saved with the packaged tokenizer."""
     from transformers import AutoTokenizer
 
-    from tadlora.runs.build import model_path
+    from tadlora.runs.model import model_path
 
     m = tiny_bert()
     if not dropout:

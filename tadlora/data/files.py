@@ -14,6 +14,7 @@ import numpy as np
 from .text import TextData
 
 Record = tuple[int, dict[str, Any]]  # (line number, row)
+MAX_LABELS = 100_000  # integer labels are ids 0..max: a larger max is not a label id
 
 
 def _find_split(directory: Path, stem: str) -> Path | None:
@@ -42,7 +43,11 @@ def _read_table(path: Path) -> list[Record]:
     with open(path, encoding="utf-8-sig", newline="") as f:
         if path.suffix == ".csv":
             reader = csv.reader(f)
-            rows = [(reader.line_num, r) for r in reader if r]
+            try:
+                rows = [(reader.line_num, r) for r in reader if r]
+            except csv.Error as e:  # e.g. a field longer than the csv module's limit
+                raise ValueError(f"{path}:{reader.line_num}: not valid CSV ({e}); fix the row, "
+                                 f"or write the file as JSON lines ({path.stem}.jsonl)") from e
         else:
             rows = [(i, ln.rstrip("\r\n").split("\t")) for i, ln in enumerate(f, 1) if ln.strip()]
     if not rows:
@@ -79,6 +84,11 @@ def _infer_label_names(files: list[tuple[Path, list[Record]]]) -> list[str]:
     ints = {where: _int_like(x) for where, x in labels}
     if all(i is not None for i in ints.values()):
         values = sorted(set(ints.values()))
+        if values and values[0] >= 0 and values[-1] >= MAX_LABELS:
+            where = next(w for w, i in ints.items() if i == values[-1])
+            raise ValueError(f"{where}: integer label {values[-1]} would make {values[-1] + 1} "
+                             "classes (integer labels are the ids 0..n-1); number the labels "
+                             "0..n-1, or list the names in labels.json")
         return [str(i) for i in (range(values[-1] + 1) if values and values[0] >= 0 else values)]
     name = next((where, x) for where, x in labels if ints[where] is None)
     number = next(((where, x) for where, x in labels if ints[where] is not None), None)

@@ -74,6 +74,12 @@ class _Corpus:
         except UnicodeDecodeError as e:
             raise SourceError(f"{path} is not UTF-8 text ({e.reason}); convert the file to "
                               "UTF-8") from e
+        except FileNotFoundError:
+            raise
+        except (OSError, EOFError, csv.Error) as e:  # a cut or damaged .bz2, a broken CSV row
+            kind = "a bz2-compressed CSV" if path.suffix == ".bz2" else "a CSV"
+            raise SourceError(f"{path} cannot be read as {kind} file ({type(e).__name__}: {e}); "
+                              "it is damaged or of another format: replace it") from e
 
     def _read(self, path: Path) -> TextData:
         texts, labels = [], []

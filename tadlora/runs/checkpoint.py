@@ -83,6 +83,8 @@ def read_meta(directory: Path) -> dict:
         if not isinstance(meta, dict) or not isinstance(meta.get("round"), int) \
                 or meta["round"] < 0:
             raise ValueError(f"expected an object with an integer 'round' >= 0, got {meta!r:.80}")
+        if not isinstance(meta.get("sha256", {}), dict):
+            raise ValueError(f"'sha256' must be an object, got {meta['sha256']!r:.40}")
         lo, hi = meta.get("clients", [0, 1])
         if not (isinstance(lo, int) and isinstance(hi, int) and 0 <= lo < hi):
             raise ValueError(f"'clients' must be [first, end], got {meta.get('clients')!r}")

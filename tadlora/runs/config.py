@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ..core.graph_files import MAX_NODES
 from ..core.lora import HEADS
 from ..core.methods import DEFAULT_C, METHODS
 from ..core.precision import PRECISIONS
@@ -143,12 +144,12 @@ CHOICES: dict[str, Collection[str]] = {  # key -> its registry (read at each che
 POSITIVE = {"run.rounds", "clients.n", "model.lora_r", "model.lora_alpha", "data.alpha",
             "data.max_length", "train.local_steps", "train.batch_size", "topology.rho_samples",
             "run.checkpoint_every", "distributed.timeout_s", "synthetic.dim", "synthetic.hidden",
-            "synthetic.rank", "synthetic.val_per_client"}
-NON_NEGATIVE = {"run.eval_every", "model.num_layers", "data.examples_per_client",
-                "data.val_size", "train.clip_norm", "train.weight_decay",
-                "train.clients_per_forward", "method.c", "train.lr",
-                "synthetic.scale", "synthetic.heterogeneity", "synthetic.temperature",
-                "synthetic.task_seed"}
+            "synthetic.rank", "synthetic.val_per_client", "method.c"}
+NON_NEGATIVE = {"run.seed", "run.eval_every", "model.num_layers", "data.examples_per_client",
+                "data.val_size", "train.clip_norm", "train.weight_decay", "train.lr",
+                "train.clients_per_forward", "synthetic.scale", "synthetic.heterogeneity",
+                "synthetic.temperature", "synthetic.task_seed"}
+MOST = {"run.seed": 2**32 - 1, "clients.n": MAX_NODES}  # torch's seeds fit; dense n x n mixing
 
 
 class ConfigError(ValueError):
@@ -186,15 +187,14 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
 
 
 def _check(cfg: Config) -> None:
+    flat = {f"{s}.{k}": v for s, values in to_dict(cfg).items() for k, v in values.items()}
     for key, choices in CHOICES.items():
-        section, name = key.split(".")
-        if (value := getattr(getattr(cfg, section), name)) not in choices:
+        if (value := flat[key]) not in choices:
             raise ConfigError(f"{key}={value!r} is not valid; choose one of {', '.join(choices)}")
     for key in POSITIVE | NON_NEGATIVE:
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
-        if value < 0 or (key in POSITIVE and value == 0):
-            raise ConfigError(f"{key}={value!r}: must be {'> 0' if key in POSITIVE else '>= 0'}")
+        if not 0 <= (value := flat[key]) <= MOST.get(key, value) or (key in POSITIVE and not value):
+            raise ConfigError(f"{key}={value!r}: must be {'> 0' if key in POSITIVE else '>= 0'}"
+                              + (f" and at most {MOST[key]}" if key in MOST else ""))
     si, t = cfg.method.switch_interval, cfg.topology
     if si not in ("auto", "online") and not (isinstance(si, int) and si >= 1):
         raise ConfigError(f"method.switch_interval={si!r}: use an integer >= 1, auto or online")

@@ -7,8 +7,9 @@ from pathlib import Path
 from ..core import lora
 from ..core.peft_io import export_peft
 from . import checkpoint
-from .build import load_model, lora_spec, model_path, stack_adapters
+from .build import lora_spec, stack_adapters
 from .config import ConfigError, load
+from .model import load_model, model_path
 from .rundir import CLIENTS, RunDir
 
 
@@ -25,8 +26,17 @@ def export(run_dir: str | Path, client: int, out: str | Path) -> tuple[Path, int
     if not 0 <= client < cfg.clients.n:
         raise ConfigError(f"--client {client}: the run has clients 0..{cfg.clients.n - 1}")
     meta, tensors, _ = checkpoint.read(run.checkpoint)
-    labels = run.read_json(CLIENTS)["label_names"]
-    model = stack_adapters(load_model(cfg, len(labels))[0], cfg)
+    model = stack_adapters(load_model(cfg, len(_label_names(run)))[0], cfg)
     lora.load_state(model, tensors)
     path = export_peft(model, client, out, lora_spec(cfg), model_path(cfg.model.path))
     return path, int(meta["round"])
+
+
+def _label_names(run: RunDir) -> list:
+    """The run's label names (the size of its classifier), from clients.json."""
+    file = run.path / CLIENTS
+    names = run.read_json(CLIENTS).get("label_names") if file.is_file() else None
+    if not isinstance(names, list) or not names:
+        raise ConfigError(f"{file} is missing or lists no label_names, which the export needs "
+                          "(the size of the classifier); restore it from a copy of the run")
+    return names

@@ -41,6 +41,26 @@ def check_device(cfg: Config) -> None:
                           "use cpu, cuda or cuda:<index>") from e
 
 
+def check_usable(cfg: Config, dev: torch.device) -> None:
+    """The device can hold tensors here (not: mps in a build without it, a GPU index that is
+    not there, meta, which holds no data)."""
+    try:
+        torch.zeros(1, device=dev).item()
+    except RuntimeError as e:
+        raise ConfigError(f"train.device={cfg.train.device!r} cannot hold tensors here "
+                          f"({str(e).splitlines()[0][:200]}); use cpu, or cuda / "
+                          "cuda:<index> of a visible GPU") from e
+
+
+def check_max_length(cfg: Config, model: torch.nn.Module) -> None:
+    """data.max_length fits the model's position embeddings (longer inputs cannot run)."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if isinstance(limit, int) and cfg.data.max_length > limit:
+        raise ConfigError(f"data.max_length={cfg.data.max_length}: model.path="
+                          f"{cfg.model.path!r} takes at most {limit} tokens "
+                          f"(max_position_embeddings); set data.max_length={limit} or less")
+
+
 def uses_interval(method: str) -> bool:
     """Whether a fixed method.switch_interval changes what `method` does."""
     two, three = (methods.make(method, t, lambda: 1).interval for t in (2, 3))

@@ -11,7 +11,10 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from ..data import synthetic
+from .config import Config, ConfigError
 from .health import warn
+from .model import model_path
 from .rundir import CLIENTS, RunDir
 
 SHORT = 12  # hex digits kept: enough to tell versions of a file apart
@@ -34,6 +37,18 @@ def contents(path: str | Path) -> str:
     except OSError as e:
         return f"unreadable ({e.strerror})"
     return digest.hexdigest()[:SHORT]
+
+
+def input_files(cfg: Config) -> dict[str, str]:
+    """{key: path} of the files a run reads (runs/inputs.py hashes them): the model directory
+    of a text task (not a hub id), data.path and topology.path; "" where a key names none."""
+    text = cfg.data.source != synthetic.NAME
+    try:
+        model = model_path(cfg.model.path) if text else ""
+    except ConfigError:
+        model = cfg.model.path  # build names the problem; it is hashed as "missing"
+    return {"model.path": model if Path(model).is_dir() else "",
+            "data.path": cfg.data.path if text else "", "topology.path": cfg.topology.path}
 
 
 def digests(files: dict[str, str]) -> dict[str, str]:

@@ -50,7 +50,7 @@ from ..engines.exchange import ProtocolError
 from ..engines.liveness import Liveness, PeerLost, join
 from ..engines.net import Net, backend
 from . import inputs
-from .build import Experiment, build, input_files
+from .build import Experiment, build
 from .checkpoint import CheckpointError
 from .config import Config, ConfigError, to_dict, toml_value
 from .health import check_device
@@ -73,7 +73,8 @@ def _settings(cfg: Config, change: Change) -> dict[str, str]:
             for key, value in values.items() if f"{section}.{key}" not in HOST_LOCAL}
     moved = " ".join([f"--depart {','.join(map(str, change.depart))}"] * bool(change.depart)
                      + ["--rejoin"] * change.rejoin) or "none"
-    return {**flat, **{f"contents of {k}": v for k, v in inputs.digests(input_files(cfg)).items()},
+    files = inputs.digests(inputs.input_files(cfg))
+    return {**flat, **{f"contents of {k}": v for k, v in files.items()},
             "--depart/--rejoin": moved, "tadlora version": __version__}
 
 

@@ -74,12 +74,16 @@ def dumps(obj: Any, indent: int | None = None) -> str:
 
 
 def _record(line: str) -> dict | None:
-    """One line of metrics.jsonl as a round record, or None when it is not one."""
+    """One line of metrics.jsonl as a round record, or None when it is not one (what resume
+    and report read of it has its type: an integer round, a number loss, an eval's mean)."""
     try:
         row = json.loads(line)
     except ValueError:
         return None
-    ok = isinstance(row, dict) and isinstance(row.get("round"), int)
+    ok = (isinstance(row, dict) and isinstance(row.get("round"), int)
+          and isinstance(row.get("train_loss"), int | float | None)
+          and isinstance(row.get("eval", {"mean": 0.0}), dict)
+          and isinstance(row.get("eval", {"mean": 0.0}).get("mean"), int | float))
     return row if ok else None
 
 
@@ -188,10 +192,14 @@ class RunDir:
     def read_json(self, name: str) -> dict:
         file = self.path / name
         try:
-            return json.loads(file.read_text())
+            obj = json.loads(file.read_text())
         except ValueError as e:
             raise ValueError(f"{file} is not valid JSON ({e}); restore it from a copy, or "
                              "start the run again") from e
+        if not isinstance(obj, dict):
+            raise ValueError(f"{file} holds {obj!r:.40}, not a JSON object; restore it from a "
+                             "copy, or start the run again")
+        return obj
 
     def append(self, record: dict) -> None:
         """One round's record at the end of metrics.jsonl."""
@@ -229,8 +237,8 @@ class RunDir:
     def note_elapsed(self, rnd: int, seconds: float) -> None:
         """Remember the wall seconds spent up to the checkpoint of round `rnd`."""
         try:
-            times = json.loads((self.path / ELAPSED).read_text())
-        except (OSError, ValueError):
+            times = dict(json.loads((self.path / ELAPSED).read_text()))
+        except (OSError, ValueError, TypeError):  # none yet, or damaged: start the record over
             times = {}
         atomic_write(self.path / ELAPSED, dumps({**times, str(rnd): round(seconds, 1)}))
 

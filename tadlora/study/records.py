@@ -68,12 +68,22 @@ def _read(src: Path) -> tuple[dict, list[dict]] | None:
         return None
 
 
+def _destination(root: Path, dest: str | Path) -> Path:
+    """DEST, a directory (new or existing) that is not RUNS_DIR itself."""
+    out = Path(dest)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{dest} is a file; give a directory for the records")
+    if out.resolve() == root.resolve():
+        raise ValueError(f"{dest} is the directory of the runs itself; give another directory "
+                         "for the records")
+    return out
+
+
 def keep(runs_dir: str | Path, dest: str | Path) -> list[Path]:
     """A compact record in dest/<relative path> of every finished run under runs_dir (one with
     a summary.json); returns the records written. A record already there is rewritten."""
-    (root, runs), out, written = _finished(runs_dir), Path(dest), []
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{dest} is a file; give a directory for the records")
+    (root, runs), written = _finished(runs_dir), []
+    out = _destination(root, dest)
     for src in runs:
         if (got := _read(src)) is None:
             continue
@@ -104,7 +114,7 @@ def bundle(runs_dir: str | Path, dest: str | Path) -> tuple[Path, int]:
     """Every finished run under runs_dir in dest/runs.jsonl.gz (rewritten; the same bytes
     for the same runs); returns the file and the number of runs."""
     root, runs = _finished(runs_dir)
-    target = Path(dest) / BUNDLE
+    target = _destination(root, dest) / BUNDLE
     target.parent.mkdir(parents=True, exist_ok=True)
     n = 0
     with gzip.GzipFile(target, "wb", mtime=0) as f:

@@ -48,6 +48,9 @@ def is_reference(method: str) -> bool:
 def _read_run(d: Path, root: Path) -> dict:
     run = RunDir(d)
     summary = run.read_json(SUMMARY) if run.summary.is_file() else None
+    if summary is not None and not isinstance(summary.get("mean"), int | float):
+        raise ValueError(f"{run.summary} has no number 'mean' (the final mean accuracy), got "
+                         f"{summary.get('mean')!r:.40}; restore it from a copy of the run")
     return _row(d, str(d.relative_to(root)), config.load(run.config), summary, run.records())
 
 

@@ -96,10 +96,26 @@ def expand(base: Settings, grid: dict[str, list], includes: list[Settings]) -> l
 def _read(path: Path) -> dict:
     raw = read_toml(path, "sweep file")
     unknown = set(raw) - {"sweep", "base", "grid", "include"}
-    if unknown or "name" not in raw.get("sweep", {}):
+    if unknown or not isinstance(raw.get("sweep"), dict) or "name" not in raw["sweep"]:
         raise ConfigError(f"sweep file {path}: needs [sweep] name = ...; allowed tables are "
                           f"[sweep], [base], [grid], [[include]] (got {sorted(unknown)})")
+    _check_kinds(raw, path)
     return raw
+
+
+def _check_kinds(raw: dict, path: Path) -> None:
+    """[sweep]'s values are strings, [base] and [grid] tables, [[include]] a list of tables."""
+    wrong = [f"[sweep] {k} must be a string" for k in ("name", "out_dir", "base")
+             if not isinstance(raw["sweep"].get(k, ""), str)]
+    wrong += [f"[sweep] has no key {k!r} (its keys: name, out_dir, base)"
+              for k in sorted(set(raw["sweep"]) - {"name", "out_dir", "base"})]
+    wrong += [f"{k} must be a table, [{k}]" for k in ("base", "grid")
+              if not isinstance(raw.get(k, {}), dict)]
+    include = raw.get("include", [])
+    if not isinstance(include, list) or not all(isinstance(t, dict) for t in include):
+        wrong.append("include must be a list of tables, each written [[include]]")
+    if wrong:
+        raise ConfigError(f"sweep file {path}: {'; '.join(wrong)}")
 
 
 def load_sweep(path: str | Path) -> Sweep:
@@ -117,6 +133,13 @@ def load_sweep(path: str | Path) -> Sweep:
         raise ConfigError(f"sweep file {path}: [grid] {twice[0]} lists {twice[1]!r} more than "
                           "once; list each value once")
     includes = [flat(t) for t in raw.get("include", [])]
+    if fixed := sorted(NOT_NAMED & set(grid).union(*includes)):
+        raise ConfigError(f"sweep file {path}: {fixed} cannot vary: the sweep names each run and "
+                          "sets its directory and progress; remove them from [grid] and "
+                          "[[include]] (the directory of the runs is [sweep] out_dir)")
+    if empty := sorted(k for inc in includes for k, v in inc.items() if v == []):
+        raise ConfigError(f"sweep file {path}: [[include]] {empty} is an empty list, which "
+                          "makes no runs; give at least one value")
     if not grid and not includes:
         raise ConfigError(f"sweep file {path}: [grid] is empty and there is no [[include]], so "
                           'there are no runs; give an axis, e.g. "run.seed" = [0, 1, 2]')

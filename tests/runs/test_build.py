@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from tadlora.core import topology
-from tadlora.runs import build, config, loop
+from tadlora.runs import build, config, loop, model
 from tadlora.runs.build import mixing, policy
 from tadlora.runs.health import RunWarning
 from tests.conftest import tiny_run_args
@@ -111,3 +111,34 @@ def test_a_max_length_that_cuts_many_training_examples_is_warned(tiny_model_dir,
         warnings.simplefilter("always")
         task(128)
     assert not [w for w in got if "data.max_length" in str(w.message)]
+
+
+def test_a_model_directory_without_tokenizer_files_is_an_error(tiny_model_dir, tmp_path):
+    """transformers builds a tokenizer from config.json alone, knowing only [UNK] and the other
+    special tokens: the run would train on inputs that are all [UNK]."""
+    import shutil
+
+    bare = tmp_path / "no-tokenizer"
+    shutil.copytree(tiny_model_dir, bare, ignore=shutil.ignore_patterns("tokenizer*"))
+    cfg = config.load(None, tiny_run_args(bare, tmp_path, "t"))
+    with pytest.raises(config.ConfigError, match=r"no-tokenizer has no tokenizer files .*"
+                                                 r"tokenizer\.save_pretrained"):
+        model.load_model(cfg, 2)
+
+
+def test_a_max_length_beyond_the_models_positions_is_an_error(tiny_model_dir, tmp_path):
+    """The tiny model has 128 positions: a longer input would fail inside its embeddings."""
+    cfg = config.load(None, tiny_run_args(tiny_model_dir, tmp_path, "p", "data.max_length=200"))
+    with pytest.raises(config.ConfigError, match=r"data.max_length=200: .* takes at most 128 "
+                                                 r"tokens .*data.max_length=128 or less"):
+        build.text_task(cfg, range(cfg.clients.n))
+
+
+@pytest.mark.parametrize("name", ["meta", "cuda:99"] + ([] if torch.backends.mps.is_built()
+                                                        else ["mps"]))
+def test_a_device_that_cannot_hold_tensors_is_an_error(name):
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    with pytest.raises(config.ConfigError, match=rf"train.device='{name}' cannot hold tensors "
+                                                 r"here .*use cpu"):
+        build.device(config.load(None, [f"train.device={name}"]))

@@ -116,3 +116,12 @@ def test_a_corrupt_checkpoint_never_displaces_the_previous_one(tmp_path):
     assert checkpoint.read(run.previous)[0]["round"] == 1
     assert checkpoint.read(run.checkpoint)[0]["round"] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint", "checkpoint.prev"]
+
+
+def test_a_state_json_whose_checksums_are_not_an_object_is_named(tmp_path):
+    d = checkpoint.save(tmp_path / "ck", *tensors(0, 2), {"round": 1, "switch_interval": None})
+    meta = json.loads((d / "state.json").read_text())
+    (d / "state.json").write_text(json.dumps({**meta, "sha256": ["x"]}))
+    with pytest.raises(CheckpointError, match=r"state.json is malformed \('sha256' must be an "
+                                              r"object.*restart the run"):
+        checkpoint.read(d)

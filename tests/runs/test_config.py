@@ -66,6 +66,10 @@ def test_a_config_file_with_a_byte_order_mark_loads(tmp_path):
     (["data.alpha=0"], r"data.alpha=0.0: must be > 0"),
     (["model.lora_alpha=-1"], r"model.lora_alpha=-1.0: must be > 0"),
     (["train.lr"], "section.key=value"),
+    (["run.seed=-1"], r"run.seed=-1: must be >= 0 and at most 4294967295"),
+    (["run.seed=18446744073709551616"], r"run.seed=18446744073709551616: must be >= 0 and at most"),
+    (["method.c=0"], r"method.c=0.0: must be > 0"),
+    (["clients.n=100000"], r"clients.n=100000: must be > 0 and at most 10000"),
 ])
 def test_bad_values_name_the_key_and_the_choices(override, match):
     with pytest.raises(ConfigError, match=match):

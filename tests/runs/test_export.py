@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file
@@ -54,3 +55,15 @@ def test_export_from_a_distributed_run(two_peers, tmp_path):
     assert (other - expected).abs().max() > 1e-4  # the clients differ: the right one matters
     assert (peft_logits(load_model(cfg, 2)[0], out, ids) - expected).abs().max() <= 1e-5
     assert cli.main(["export", str(d), "--client", "5", "--out", str(tmp_path / "cli")]) == 0
+
+
+def test_a_missing_or_damaged_clients_json_is_named(tiny_model_dir, tmp_path):
+    d, _ = loop.run(config.load(None, tiny_run_args(tiny_model_dir, tmp_path, "e")))
+    for damaged in ("{}", '{"label_names": 5}', None):
+        if damaged is None:
+            (d / "clients.json").unlink()
+        else:
+            (d / "clients.json").write_text(damaged)
+        with pytest.raises(config.ConfigError, match=r"clients.json is missing or lists no "
+                                                     r"label_names.*restore it"):
+            export(d, 0, tmp_path / "a")

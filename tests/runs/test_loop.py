@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from tadlora.core import lora
 from tadlora.core.precision import resolve_precision
 from tadlora.engines import local
-from tadlora.runs import build, config, inputs, loop, machine
+from tadlora.runs import config, inputs, loop, machine
 from tadlora.runs.checkpoint import CheckpointError
 from tadlora.runs.config import ConfigError
 from tadlora.runs.health import NonFiniteError, RunWarning, questionable
@@ -258,7 +258,7 @@ def test_a_run_hashes_its_files_once_and_records_the_bytes_it_read(
 
 def test_the_testbed_reads_no_model_or_data_files():
     cfg = config.load(None, ["data.source=synthetic", "data.path=somewhere"])
-    assert build.input_files(cfg) == {"model.path": "", "data.path": "", "topology.path": ""}
+    assert inputs.input_files(cfg) == {"model.path": "", "data.path": "", "topology.path": ""}
 
 
 def test_a_run_killed_before_its_first_checkpoint_reruns_or_resumes(

@@ -131,7 +131,8 @@ def test_a_torn_last_record_is_a_round_not_saved_and_a_damaged_one_is_named(tmp_
     assert [r["round"] for r in run.records()] == [0, 1]
     run.truncate(2)
     assert run.metrics.read_text() == '{"round": 0}\n{"round": 1}\n'
-    for bad in ("garbage", "[1, 2]", '{"loss": 1}'):
+    for bad in ("garbage", "[1, 2]", '{"loss": 1}', '{"round": 1, "eval": 5}',
+                '{"round": 1, "eval": {"x": 1}}', '{"round": 1, "train_loss": "x"}'):
         run.metrics.write_text(f'{{"round": 0}}\n{bad}\n{{"round": 2}}\n')
         with pytest.raises(ValueError, match=r"metrics.jsonl, line 2: not a round record .*"
                                              r"restore the file from a copy"):
@@ -168,3 +169,23 @@ def test_resumable_config_allows_only_run_keys(tmp_path):
         rundir.resumable_config(tmp_path / "r", ["train.lr=1"])
     with pytest.raises(ConfigError, match="only run"):
         rundir.resumable_config(tmp_path / "r", ["run.seed=2"])
+
+
+def test_a_json_file_that_is_not_an_object_is_named(tmp_path):
+    """clients.json or summary.json damaged into valid JSON of another kind (a list): resume,
+    export, keep and report get a ValueError naming the file, not a TypeError."""
+    run = RunDir(tmp_path)
+    (tmp_path / "clients.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"clients.json holds \[1, 2\], not a JSON object; "
+                                         r"restore it"):
+        run.read_json("clients.json")
+
+
+@pytest.mark.parametrize("damaged", ["[1, 2]", '"x"', "{not json"])
+def test_a_damaged_elapsed_record_starts_over_instead_of_failing_every_checkpoint(tmp_path,
+                                                                                 damaged):
+    run = RunDir(tmp_path)
+    (tmp_path / rundir.ELAPSED).write_text(damaged)
+    assert run.elapsed(3) == 0.0
+    run.note_elapsed(3, 12.34)
+    assert run.elapsed(3) == 12.3

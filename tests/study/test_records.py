@@ -80,3 +80,18 @@ def test_keep_names_a_missing_directory(tmp_path):
     (tmp_path / "a-file").write_text("")
     with pytest.raises(FileExistsError, match="a-file is a file; give a directory"):
         records.keep(tmp_path / "runs", tmp_path / "a-file")
+
+
+def test_keep_into_the_runs_directory_itself_or_a_bundle_onto_a_file_is_named(tmp_path):
+    """Keeping RUNS_DIR into itself used to end in shutil's "... are the same file", a bundle
+    onto a file in "[Errno 17] File exists"."""
+    from tests.study.conftest import fake_run
+
+    runs = tmp_path / "runs"
+    before = (fake_run(runs, "a", [], 0.8) / METRICS).read_text()
+    with pytest.raises(ValueError, match="is the directory of the runs itself; give another"):
+        records.keep(runs, tmp_path / "runs" / ".." / "runs")
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(FileExistsError, match="a-file is a file; give a directory"):
+        records.bundle(runs, tmp_path / "a-file")
+    assert (runs / "a" / METRICS).read_text() == before  # the run is as it was

@@ -185,3 +185,15 @@ def test_best_t_leaves_out_a_t_run_on_fewer_seeds_instead_of_matching_down_to_th
     assert [sorted(f["matched"]) for f in found] == [[1, 3, 5]] * 3
     assert [f["best"] for f in found] == [1, 3, 5] and found[0]["stats"][7][0] == 0.99
     assert matched_seeds({1: {0: 1}, 2: {1: 1}}) == []  # no two T share a seed
+
+
+@pytest.mark.parametrize("summary", ['[1]', '{"mean": "x"}', '{"rho": 0.5}'])
+def test_a_run_with_a_damaged_summary_is_skipped_naming_the_file(tmp_path, capsys, summary):
+    """Valid JSON that is not a summary (a list, a mean that is no number, no mean): the report
+    skips the run and names its summary.json, instead of a traceback or a formatting error."""
+    fake_run(tmp_path, "ok", ["run.seed=0"], 0.8)
+    bad = fake_run(tmp_path, "bad", ["run.seed=1"], 0.7)
+    (bad / "summary.json").write_text(summary)
+    assert [r["name"] for r in collect(tmp_path)] == ["ok"]
+    err = capsys.readouterr().err
+    assert "skipping" in err and "bad/summary.json" in err and "restore it" in err

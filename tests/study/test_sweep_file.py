@@ -112,3 +112,26 @@ def test_an_empty_grid_is_an_error(tmp_path):
             load_sweep(write(tmp_path / "e.toml", text))
     only_include = '[sweep]\nname = "e"\n[[include]]\n"run.seed" = [0, 1]\n'
     assert len(load_sweep(write(tmp_path / "e.toml", only_include)).runs) == 2
+
+
+@pytest.mark.parametrize("text, match", [
+    ('sweep = 5\n[grid]\n"run.seed" = [0]\n', r"needs \[sweep\] name"),
+    ('[sweep]\nname = "s"\nout_dir = 5\n[grid]\n"run.seed" = [0]\n',
+     r"\[sweep\] out_dir must be a string"),
+    ('[sweep]\nname = "s"\nbase = 5\n[grid]\n"run.seed" = [0]\n', r"\[sweep\] base must be"),
+    ('[sweep]\nname = "s"\noutdir = "x"\n[grid]\n"run.seed" = [0]\n',
+     r"\[sweep\] has no key 'outdir' \(its keys: name, out_dir, base\)"),
+    ('base = "b.toml"\n[sweep]\nname = "s"\n[grid]\n"run.seed" = [0]\n',
+     r"base must be a table, \[base\]"),
+    ('[sweep]\nname = "s"\n[grid]\n"run.seed" = [0]\n[include]\n"method.name" = "lora"\n',
+     r"include must be a list of tables, each written \[\[include\]\]"),
+    ('[sweep]\nname = "s"\n[grid]\n"run.seed" = [0]\n[[include]]\n"run.seed" = []\n',
+     r"\[\[include\]\] \['run.seed'\] is an empty list"),
+    ('[sweep]\nname = "s"\n[grid]\n"run.seed" = [0, 1]\n"run.name" = ["a", "b"]\n',
+     r"\['run.name'\] cannot vary: the sweep names each run"),
+])
+def test_a_sweep_file_of_the_wrong_shape_is_named(tmp_path, text, match):
+    """Tables of the wrong kind used to end in a TypeError or AttributeError; a varied run.name
+    in 'two runs would both be named' (they differ in [])."""
+    with pytest.raises(ConfigError, match=rf"sweep file .*s\.toml: .*{match}"):
+        load_sweep(write(tmp_path / "s.toml", text))
