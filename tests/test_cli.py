@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from tadlora import cli
 from tadlora.study import sweep
 from tests.conftest import tiny_run_args
@@ -178,3 +180,15 @@ def test_an_interrupted_sweep_says_that_running_it_again_resumes(tmp_path, monke
     monkeypatch.setattr(sweep, "cmd_sweep", interrupted)
     assert cli.main(["sweep", str(tmp_path / "s.toml")]) == 130
     assert "run the same sweep command again" in capsys.readouterr().err
+
+
+def test_report_onto_a_file_and_a_sweep_without_jobs_are_named(tmp_path, capsys):
+    (tmp_path / "a-file").write_text("")
+    assert cli.main(["report", str(tmp_path), "--out", str(tmp_path / "a-file")]) == 2
+    assert "a-file is a file; give a directory" in capsys.readouterr().err
+    for jobs in ("0", "-3", "two"):
+        with pytest.raises(SystemExit) as stop:
+            cli.main(["sweep", "sweeps/smoke.toml", "--jobs", jobs, "--dry-run"])
+        assert stop.value.code == 2
+        want = f"--jobs: {jobs!r}: give the number of runs at a time, >= 1"
+        assert want in capsys.readouterr().err

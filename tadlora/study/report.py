@@ -202,6 +202,8 @@ def _index(root: Path, out: Path, reports: list[tuple[str, Path, str]]) -> Path:
 def cmd_report(ns: argparse.Namespace) -> int:
     if not Path(ns.runs_dir).is_dir():
         raise ConfigError(f"runs directory {ns.runs_dir} does not exist or is not a directory")
+    if ns.out and Path(ns.out).exists() and not Path(ns.out).is_dir():
+        raise ConfigError(f"--out {ns.out} is a file; give a directory for the report")
     path = write_report(ns.runs_dir, ns.out)
     print(f"report: {path}")
     return 0

@@ -131,9 +131,14 @@ def run_sweep(sweep: Sweep, jobs: int = 1, overrides: list[str] = (),
     return counts
 
 
+def _jobs(text: str) -> int:
+    if not text.lstrip("+").isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give the number of runs at a time, >= 1")
+    return int(text)
+
 
 def _options(parser: argparse.ArgumentParser, default: int | None) -> None:
-    parser.add_argument("--jobs", type=int, default=default,
+    parser.add_argument("--jobs", type=_jobs, default=default,
                         help="runs at a time, as subprocesses when > 1 (default: one per core "
                              "on CPU, 1 on GPU; 1 runs in this process)")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and their state")
