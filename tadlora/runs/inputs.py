@@ -40,7 +40,7 @@ def contents(path: str | Path) -> str:
 
 
 def input_files(cfg: Config) -> dict[str, str]:
-    """{key: path} of the files a run reads (runs/inputs.py hashes them): the model directory
+    """{key: path} of the files a run reads (`digests` hashes them): the model directory
     of a text task (not a hub id), data.path and topology.path; "" where a key names none."""
     text = cfg.data.source != synthetic.NAME
     try:
