@@ -4,13 +4,13 @@ picked on matched seeds, and the fit T_best ~ c / sqrt(1 - rho)."""
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import numpy as np
 
 from ..core import topology
 from ..core.methods import DEFAULT_C, switch_interval
-from .results import best_rows, conn_order, stats
+from .results import conn_order, stats
 
 
 def fit_c(t_best: list[float], rho: list[float]) -> float:
@@ -59,15 +59,23 @@ def matched_seeds(by_t: dict[int, dict]) -> list[int]:
     return max(found)[2] if found else []
 
 
+def _common_lr(runs: list[dict]) -> float:
+    """The learning rate of the most runs (ties: the smaller rate)."""
+    count = Counter(r["lr"] for r in runs)
+    return min(count, key=lambda lr: (-count[lr], lr))
+
+
 def best_t(rows: list[dict], task: str) -> list[dict]:
     """Per connectivity with >= 2 fixed T for tad (an auto run counts at its T, unless a fixed
     run of that T and seed is there): the best T and the T within one std of it, picked on
     matched seeds (`matched_seeds`, as `pick_lr` picks a rate; all seeds if no two T share
-    one), rho."""
-    runs = [r for r in best_rows(rows) if r["task"] == task and r["method"] == "tad"]
+    one), at the learning rate most of its tad runs used (a T sweep's), rho."""
+    runs = [r for r in rows if r["finished"] and r["task"] == task and r["method"] == "tad"]
     out = []
     for conn in conn_order(runs):
         here = [r for r in runs if r["connectivity"] == conn]
+        lr = _common_lr(here)
+        here = [r for r in here if r["lr"] == lr]
         by_t = defaultdict(dict)  # T -> seed -> final; a fixed run first, then an auto one
         for r in sorted(here, key=lambda r: r["si"] == "auto"):
             t = _trained_t(r)
@@ -83,7 +91,7 @@ def best_t(rows: list[dict], task: str) -> list[dict]:
         group = sorted(t for t in on if on[t][0] >= on[best][0] - on[best][1])
         rho = float(np.mean([rho_of(r) for r in here]))
         auto = sorted({r["T"] for r in here if r["si"] == "auto"})
-        out.append({"connectivity": conn, "rho": rho, "x": 1 / math.sqrt(1 - rho),
+        out.append({"connectivity": conn, "lr": lr, "rho": rho, "x": 1 / math.sqrt(1 - rho),
                     "best": best, "stats": st, "matched": on, "seeds": seeds,
                     "group": group, "auto": auto,
                     "default": switch_interval(rho, DEFAULT_C)})

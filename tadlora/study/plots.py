@@ -1,7 +1,8 @@
 """The PNG plots of `tadlora report` (matplotlib, Agg backend), one set per task.
 
-Each curve is a mean over seeds at the learning rate the report picked for its method; the
-shaded band or error bar is one standard deviation over seeds.
+Each curve is a mean over seeds at the learning rate the report picked for its method and
+connectivity (against T: at the T's rate); the shaded band or error bar is one standard
+deviation over seeds.
 """
 
 from __future__ import annotations
@@ -123,7 +124,8 @@ def accuracy_vs_t(found: list[dict], runs: list[dict], task: str, out: Path) -> 
         if rest:
             ax.plot(rest, [f["stats"][t][0] for t in rest], marker="o", markerfacecolor="none",
                     linestyle="none", color=line[0].get_color(), label=f"{conn}, fewer seeds")
-        here = [r for r in runs if r["connectivity"] == conn]
+        here = [r for r in runs if r["connectivity"] == conn and r["lr"] == f["lr"]
+                and r["finished"] and r["task"] == task]  # at the T's learning rate
         auto = [r for r in here if r["method"] == "tad" and r["si"] == "auto"]
         if auto:  # the auto runs' T and accuracy: a star on the same colour
             m = stats([r["final"] for r in auto])[0]
@@ -159,4 +161,4 @@ def plot_task(rows: list[dict], task: str, found: list[dict], out: Path) -> list
     """All plots of one task; returns the files written."""
     runs = [r for r in best_rows(rows) if r["task"] == task]
     return [*accuracy_vs_rounds(runs, task, out), *accuracy_vs_p(runs, task, out),
-            *accuracy_vs_t(found, runs, task, out), *cross_term(runs, task, out)]
+            *accuracy_vs_t(found, rows, task, out), *cross_term(runs, task, out)]

@@ -22,6 +22,7 @@ from .results import (
     mixed_settings,
     order,
     paired,
+    paired_by_lr,
     pick_lr,
     stats,
 )
@@ -46,37 +47,51 @@ def _table(header: list[str], body: list[list[str]]) -> list[str]:
             *["| " + " | ".join(row) + " |" for row in body], ""]
 
 
-def _cell(c: dict, task: str, label: str, conn: str, lr: float) -> str:
-    """A method x connectivity cell; a reference method run at one connectivity fills all."""
-    if c.get((task, label, conn, lr)) is not None or not is_reference(label.split(" ")[0]):
-        return _pct(c.get((task, label, conn, lr)))
-    own = [k for k in c if k[:2] == (task, label) and k[3] == lr]
-    return _pct(c[own[0]], " †") if len(own) == 1 else ""
+def _cell(c: dict, picked: dict, task: str, label: str, conn: str, mark_lr: bool) -> str:
+    """A method x connectivity cell at its picked rate (named when the row's rates differ); a
+    reference method run at one connectivity fills all."""
+    if (key := (task, label, conn)) in picked:
+        lr = picked[key][0]
+        return _pct(c[(*key, lr)]) + (f" at {lr:g}" if mark_lr else "")
+    own = [k for k in picked if k[:2] == (task, label)]
+    if is_reference(label.split(" ")[0]) and len(own) == 1:
+        return _pct(c[(*own[0], picked[own[0]][0])], " †")
+    return ""
 
 
 def accuracy_tables(rows: list[dict], task: str) -> list[str]:
     mine = [r for r in rows if r["task"] == task and r["finished"]]
     c, picked, conns = cells(mine), pick_lr(mine), conn_order(mine)
     labels = sorted({r["label"] for r in mine}, key=order)
-    body = [[label, f"{picked[task, label][0]:g}",
-             *[_cell(c, task, label, conn, picked[task, label][0]) for conn in conns]]
-            for label in labels]
-    out = ["Final mean client accuracy (%), mean ± std over seeds (number of seeds), at each "
-           "method's picked learning rate:", "", *_table(["method", "lr", *conns], body)]
+    body = []
+    for label in labels:
+        lrs = sorted({v[0] for k, v in picked.items() if k[:2] == (task, label)})
+        one = len(lrs) == 1
+        body.append([label, f"{lrs[0]:g}" if one else "per cell",
+                     *[_cell(c, picked, task, label, conn, not one) for conn in conns]])
+    out = ["Final mean client accuracy (%), mean ± std over seeds (number of seeds), at the "
+           "learning rate picked for each method and connectivity:", "",
+           *_table(["method", "lr", *conns], body)]
     if any(is_reference(r["label"].split(" ")[0]) for r in mine):
         out += ["† a topology-independent reference run at one connectivity, repeated.", ""]
-    lrs = sorted({r["lr"] for r in mine})
-    if len(lrs) > 1:
-        out += ["Learning rate picked per method (score: mean accuracy over the connectivity "
-                "and seed pairs run at every lr): "
-                + "; ".join(f"{label} {picked[task, label][0]:g} (" + ", ".join(
-                    f"{lr:g}: {100 * s:.2f}" for lr, s in picked[task, label][1].items()) + ")"
-                            for label in labels), "", "All learning rates:", ""]
-        full = [[label, f"{lr:g}", *[_cell(c, task, label, conn, lr) for conn in conns]]
-                for label in labels for lr in lrs if any(k[:2] == (task, label) and k[3] == lr
-                                                         for k in c)]
+    if len({r["lr"] for r in mine}) > 1:
+        tuned = [f"{label}, {conn}: {v[0]:g} (" + ", ".join(
+            f"{lr:g}: {100 * x:.2f}" for lr, x in v[1].items()) + ")"
+            for label in labels for conn in conns
+            if len((v := picked.get((task, label, conn), (0, {})))[1]) > 1]
+        out += ["Learning rate picked per method and connectivity where several ran (score: "
+                "mean accuracy over the seeds that every rate ran): " + "; ".join(tuned), "",
+                "All learning rates:", ""]
+        full = [[label, f"{lr:g}", *[_pct(c.get((task, label, conn, lr))) for conn in conns]]
+                for label in labels for lr in sorted({r["lr"] for r in mine})
+                if any(k[:2] == (task, label) and k[3] == lr for k in c)]
         out += _table(["method", "lr", *conns], full)
     return out
+
+
+def _diff(d: list[float] | None) -> str:
+    return f"{_spread(stats(d), '+')} (n={len(d)}; ahead on {sum(x > 0 for x in d)})" if d \
+        else ""
 
 
 def paired_table(rows: list[dict], task: str, against: str = "lora") -> list[str]:
@@ -85,24 +100,28 @@ def paired_table(rows: list[dict], task: str, against: str = "lora") -> list[str
         return []
     conns = conn_order([r for r in rows if r["task"] == task and r["finished"]])
     labels = sorted({label for label, _ in diffs}, key=order)
-
-    def cell(d: list[float] | None) -> str:
-        return f"{_spread(stats(d), '+')} (n={len(d)}; ahead on {sum(x > 0 for x in d)})" \
-            if d else ""
-    body = [[label, *[cell(diffs.get((label, conn))) for conn in conns]] for label in labels]
+    body = [[label, *[_diff(diffs.get((label, conn))) for conn in conns]] for label in labels]
     crossed = crossed_precisions(rows, task, against)
     warning = [f"**Warning**: these pairs ran at different precisions: {'; '.join(crossed)}.",
                ""] if crossed else []
-    return [f"Paired against {against}: accuracy minus {against}'s on the same seed (points; "
-            f"mean ± std over the n seeds both ran; on how many seeds it was ahead):", "",
-            *_table(["method", *conns], body), *warning]
+    out = [f"Paired against {against}: accuracy minus {against}'s on the same seed (points; "
+           f"mean ± std over the n seeds both ran; on how many seeds it was ahead), each at "
+           "its picked learning rate:", "", *_table(["method", *conns], body), *warning]
+    by_lr = paired_by_lr(rows, task, against)
+    if len({lr for _, lr, _ in by_lr}) > 1:  # a shared rate, one table row per rate
+        keys = sorted({k[:2] for k in by_lr}, key=lambda k: (order(k[0]), k[1]))
+        out += [f"Paired against {against} at the same learning rate:", "",
+                *_table(["method", "lr", *conns], [[label, f"{lr:g}", *[
+                    _diff(by_lr.get((label, lr, conn))) for conn in conns]]
+                    for label, lr in keys])]
+    return out
 
 
 def t_table(found: list[dict]) -> list[str]:
     if not found:
         return []
     c = fit_c([f["best"] for f in found], [f["rho"] for f in found])
-    body = [[f["connectivity"], f"{f['rho']:.3f}", f"{f['x']:.2f}", str(f["best"]),
+    body = [[f["connectivity"], f"{f['lr']:g}", f"{f['rho']:.3f}", f"{f['x']:.2f}", str(f["best"]),
              _pct(f["matched"][f["best"]]), ", ".join(map(str, sorted(f["matched"]))),
              ", ".join(map(str, f["seeds"])) or "all",
              ", ".join(map(str, f["group"])),
@@ -110,12 +129,13 @@ def t_table(found: list[dict]) -> list[str]:
              f"{f['default']} ({'in' if f['default'] in f['group'] else 'outside'})",
              str(switch_interval(f["rho"], c))]
             for f in found]
-    return ["Best switching interval of tad per connectivity, compared on matched seeds: the "
+    return ["Best switching interval of tad per connectivity, at the learning rate most of "
+            "its tad runs used, compared on matched seeds: the "
             "seed set shared by the most runs (T x seeds) among those two T or more ran; a T "
             "without those seeds is left out of the pick, its own mean is in the tables above "
             "(all seeds where no two T share one; best group: T whose mean is within one std "
             "of the best T's mean; auto T: the T that runs with switch_interval=auto used):", "",
-            *_table(["connectivity", "rho", "1/sqrt(1-rho)", "best T", "accuracy at best T",
+            *_table(["connectivity", "lr", "rho", "1/sqrt(1-rho)", "best T", "accuracy at best T",
                      "T compared", "compared on seeds", "best group", "auto T (runs)",
                      f"auto T (default c = {DEFAULT_C:g})",
                      "auto T with the fitted c"], body),

@@ -166,51 +166,43 @@ def cells(rows: list[dict]) -> dict[tuple, tuple[float, float, int]]:
     return {k: stats(v) for k, v in groups.items()}
 
 
-def pick_lr(rows: list[dict]) -> dict[tuple[str, str], tuple[float, dict[float, float]]]:
-    """(task, label) -> (best lr, {lr: score}); score = mean over connectivities of the mean
-    over seeds, over the (connectivity, seed) runs that every lr has (matched: the same shards
-    and graphs), else over the connectivities that every lr has, else over all. Ties go to the
-    smaller lr."""
+def pick_lr(rows: list[dict]) -> dict[tuple[str, str, str], tuple[float, dict[float, float]]]:
+    """(task, label, connectivity) -> (best lr, {lr: score}); score = the mean final accuracy
+    over the seeds that every lr of the cell ran (matched: the same shards, initialisation and
+    graphs), else over all its seeds. Ties go to the smaller lr. Each cell is tuned on its own:
+    a method's best rate can move with the connectivity."""
     runs = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for r in rows:
         if r["finished"]:
-            runs[r["task"], r["label"]][r["lr"]][r["connectivity"], r["seed"]].append(r["final"])
+            runs[r["task"], r["label"], r["connectivity"]][r["lr"]][r["seed"]].append(r["final"])
     out = {}
     for key, by_lr in runs.items():
-        pairs = set.intersection(*(set(v) for v in by_lr.values()))
-        conns = set.intersection(*({c for c, _ in v} for v in by_lr.values()))
-        avg = {lr: _score(v, pairs, conns) for lr, v in sorted(by_lr.items())}
+        seeds = set.intersection(*(set(v) for v in by_lr.values()))
+        avg = {lr: float(np.mean([x for seed, finals in v.items() if seed in seeds or not seeds
+                                  for x in finals])) for lr, v in sorted(by_lr.items())}
         out[key] = (max(avg, key=lambda lr: (avg[lr], -lr)), avg)
     return out
 
 
-def _score(runs: dict[tuple[str, int], list[float]], pairs: set, conns: set) -> float:
-    """Mean over connectivities of the mean over seeds, of the (connectivity, seed) runs in
-    `pairs`; if none, of those at a connectivity in `conns`; if none, of all."""
-    by_conn = defaultdict(list)
-    for (conn, seed), finals in runs.items():
-        if (conn, seed) in pairs if pairs else (conn in conns or not conns):
-            by_conn[conn] += finals
-    return float(np.mean([np.mean(v) for v in by_conn.values()]))
-
-
 def best_rows(rows: list[dict]) -> list[dict]:
-    """The finished runs at the learning rate picked for their (task, label)."""
+    """The finished runs at the learning rate picked for their (task, label, connectivity)."""
     picked = pick_lr(rows)
-    return [r for r in rows if r["finished"] and picked[r["task"], r["label"]][0] == r["lr"]]
+    return [r for r in rows if r["finished"]
+            and picked[r["task"], r["label"], r["connectivity"]][0] == r["lr"]]
 
 
-def _pairs(rows: list[dict], task: str, against: str) -> list[tuple[dict, dict]]:
-    """(run, `against`'s run on the same seed) for each label and connectivity, at their
-    picked learning rates. A (label, connectivity, seed) run more than once (other settings in
-    the same directory) is not paired."""
+def _pairs(rows: list[dict], task: str, against: str, same_lr: bool = False
+           ) -> list[tuple[dict, dict]]:
+    """(run, `against`'s run on the same seed) for each label and connectivity: at their
+    picked learning rates, or with same_lr at every rate both ran. A (label, connectivity,
+    seed, lr) run more than once (other settings in the same directory) is not paired."""
     runs = defaultdict(list)
-    for r in best_rows(rows):
+    for r in [r for r in rows if r["finished"]] if same_lr else best_rows(rows):
         if r["task"] == task and not is_reference(r["method"]):
-            runs[r["label"], r["connectivity"], r["seed"]].append(r)
+            runs[r["label"], r["connectivity"], r["seed"], r["lr"] if same_lr else None].append(r)
     out = []
-    for (label, conn, seed), found in sorted(runs.items()):
-        base = runs.get((against, conn, seed), [])
+    for (label, conn, seed, lr), found in sorted(runs.items(), key=lambda kv: kv[0][:3]):
+        base = runs.get((against, conn, seed, lr), [])
         if label != against and len(found) == len(base) == 1:
             out.append((found[0], base[0]))
     return out
@@ -223,6 +215,15 @@ def paired(rows: list[dict], task: str, against: str = "lora") -> dict[tuple[str
     out = defaultdict(list)
     for r, base in _pairs(rows, task, against):
         out[r["label"], r["connectivity"]].append(r["final"] - base["final"])
+    return dict(out)
+
+
+def paired_by_lr(rows: list[dict], task: str, against: str = "lora"
+                 ) -> dict[tuple[str, float, str], list]:
+    """(label, lr, connectivity) -> the differences of `paired`, at every rate both ran."""
+    out = defaultdict(list)
+    for r, base in _pairs(rows, task, against, same_lr=True):
+        out[r["label"], r["lr"], r["connectivity"]].append(r["final"] - base["final"])
     return dict(out)
 
 

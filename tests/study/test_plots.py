@@ -32,11 +32,12 @@ def test_accuracy_vs_p_needs_two_edge_probabilities(tmp_path):
 def test_accuracy_vs_t_draws_lora_as_the_bar_to_clear_and_a_t_with_fewer_seeds_apart(
         tmp_path, monkeypatch):
     on = {1: (0.7, 0.01, 2), 5: (0.72, 0.02, 2)}
-    found = [{"connectivity": c, "stats": dict(on), "matched": on}
+    found = [{"connectivity": c, "lr": 1e-3, "stats": dict(on), "matched": on}
              for c in ("ER p=0.1", "ER p=0.02")]
     found[0]["stats"][3] = (0.6, 0.0, 1)  # seed 0 only: not on the line
-    runs = [{"connectivity": "ER p=0.1", "method": "lora", "si": "auto", "final": f}
-            for f in (0.74, 0.76)]
+    runs = [{"connectivity": "ER p=0.1", "method": "lora", "si": "auto", "final": f, "lr": lr,
+             "finished": True, "task": "t"}  # lora at another rate than the T: not the bar
+            for f, lr in ((0.74, 1e-3), (0.76, 1e-3), (0.99, 5e-4))]
     drawn = {}
 
     def keep(fig, path, ax, *labels):

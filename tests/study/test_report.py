@@ -18,10 +18,14 @@ def test_report_markdown_and_plots(study, tmp_path):
     assert ("28 finished runs (0.47 h of run wall time in all; 28 on Test CPU (2 cores)); "
             "1 unfinished") in text
     mean, std = np.mean(ACC["lora", 0.002, 0.1]), np.std(ACC["lora", 0.002, 0.1], ddof=1)
-    assert f"| lora | 0.002 | {100 * np.mean(ACC['lora', 0.002, 0.5]):.2f} ± " in text
+    # lora's best rate moves with the connectivity: each cell at its own, named
+    assert ("| lora | per cell | 82.00 ± 2.00 (3) at 0.002 | 91.00 ± 1.00 (3) at 0.005 | "
+            "71.00 ± 1.41 (2) at 0.002 |") in text
+    assert "| tad | 0.002 | 80.00 ± 1.00 (3) | 77.00 ± 1.00 (3) |  |" in text
     assert f"{100 * mean:.2f} ± {100 * std:.2f} (3)" in text
     assert "| lora | 0.005 | 61.00 ± 1.00 (3) | 91.00 ± 1.00 (3) |  |" in text  # full table
-    assert "lora 0.002 (0.002: 77.00, 0.005: 76.00)" in text
+    assert ("lora, ER p=0.5: 0.002 (0.002: 82.00, 0.005: 61.00); "
+            "lora, ER p=0.1: 0.005 (0.002: 72.00, 0.005: 91.00); tad, ER p=0.5: 0.002") in text
     assert "| local | 0.002 | 61.00 ± 1.41 (2) | 61.00 ± 1.41 (2) † |" in text
     assert (tmp_path / "rep" / "runs.csv").is_file() and "[runs.csv](runs.csv)" in text
     pngs = sorted(p.name for p in (tmp_path / "rep").glob("*.png"))
@@ -70,7 +74,13 @@ def test_cell_text_shows_spread_only_over_several_seeds():
 
 def test_paired_table_shows_the_differences_against_lora(study, tmp_path):
     text = report.write_report(study, tmp_path / "rep").read_text()
-    assert "| tad | -2.00 ± 3.00 (n=3; ahead on 1) | +5.00 ± 3.61 (n=3; ahead on 3) |  |" in text
+    # each at its picked rate: at p=0.1 tad's 0.002 against lora's 0.005
+    assert "| tad | -2.00 ± 3.00 (n=3; ahead on 1) | -14.00 ± 2.00 (n=3; ahead on 0) |  |" in text
+    same = text[text.index("at the same learning rate"):]
+    assert "| tad | 0.002 | -2.00 ± 3.00 (n=3; ahead on 1) | +5.00 ± 3.61 (n=3; ahead on 3) |  |" \
+        in same
+    assert "| tad | 0.005 | -9.00 ± 1.00 (n=3; ahead on 0) | -30.00 ± 0.00 (n=3; ahead on 0) |" \
+        in same
 
 
 def test_a_directory_of_sweeps_gets_one_report_per_sweep(tmp_path):

@@ -15,6 +15,7 @@ from tadlora.study.results import (
     crossed_precisions,
     mixed_settings,
     paired,
+    paired_by_lr,
     pick_lr,
 )
 from tadlora.study.runs_csv import write_runs_csv
@@ -36,14 +37,15 @@ def test_collect_labels_and_table_values_match_hand_computation(study):
     assert table["rotten_tomatoes", "lora", "ring", 0.002][2] == 2  # the unfinished run: out
 
 
-def test_lr_is_picked_by_the_mean_over_connectivities(study):
+def test_lr_is_picked_per_method_and_connectivity(study):
     picked = pick_lr(collect(study))
-    lora_lr, lora_scores = picked["rotten_tomatoes", "lora"]
-    # lora's ring ran only at 0.002: the score compares the two ER cells run at both lrs
-    assert lora_scores[0.002] == pytest.approx(np.mean([0.82, np.mean([0.70, 0.71, 0.75])]))
-    assert lora_scores[0.005] == pytest.approx(np.mean([0.61, 0.91])) and lora_lr == 0.002
-    assert picked["rotten_tomatoes", "tad"][0] == 0.002
-    assert picked["rotten_tomatoes", "local"] == (0.002, {0.002: pytest.approx(0.61)})
+    # lora's best rate moves with the connectivity; the ring ran at one rate only
+    assert picked["rotten_tomatoes", "lora", "ER p=0.5"] == (
+        0.002, {0.002: pytest.approx(0.82), 0.005: pytest.approx(0.61)})
+    assert picked["rotten_tomatoes", "lora", "ER p=0.1"] == (
+        0.005, {0.002: pytest.approx(np.mean([0.70, 0.71, 0.75])), 0.005: pytest.approx(0.91)})
+    assert picked["rotten_tomatoes", "lora", "ring"] == (0.002, {0.002: pytest.approx(0.71)})
+    assert [picked["rotten_tomatoes", "tad", f"ER p={p}"][0] for p in (0.5, 0.1)] == [0.002] * 2
 
 
 def test_runs_csv_lists_every_finished_run(study, tmp_path):
@@ -85,10 +87,15 @@ def test_best_t_and_fit_from_a_t_sweep(t_sweep):
 def test_paired_differences_against_lora_match_hand_computation(study, tmp_path):
     rows = collect(study)
     diffs = paired(rows, "rotten_tomatoes")
-    # both picked lr 0.002; tad has no ring runs; the references are not paired
+    # at the picked rates: both 0.002 at p=0.5, tad 0.002 against lora 0.005 at p=0.1; tad has
+    # no ring runs; the references are not paired
     assert set(diffs) == {("tad", "ER p=0.5"), ("tad", "ER p=0.1")}
     assert diffs["tad", "ER p=0.5"] == pytest.approx([0.01, -0.02, -0.05])
-    assert diffs["tad", "ER p=0.1"] == pytest.approx([0.08, 0.06, 0.01])
+    assert diffs["tad", "ER p=0.1"] == pytest.approx([-0.12, -0.14, -0.16])
+    by_lr = paired_by_lr(rows, "rotten_tomatoes")  # at the same rate, every rate both ran
+    assert set(by_lr) == {("tad", lr, f"ER p={p}") for lr in (0.002, 0.005) for p in (0.5, 0.1)}
+    assert by_lr["tad", 0.002, "ER p=0.1"] == pytest.approx([0.08, 0.06, 0.01])
+    assert by_lr["tad", 0.005, "ER p=0.5"] == pytest.approx([-0.10, -0.09, -0.08])
 
 
 def test_seeds_and_pairs_that_resolved_precision_auto_differently_are_flagged(tmp_path):
@@ -127,8 +134,10 @@ def test_a_seed_run_twice_in_other_settings_is_not_paired(study):
     # a setting such as train.local_steps would make a task variant of its own
     fake_run(study, "tad_again", ["method.name=tad", "train.lr=0.002", "topology.p=0.1",
                                   "run.seed=0", "train.precision=bf16"], 0.99)
-    diffs = paired(collect(study), "rotten_tomatoes")
-    assert diffs["tad", "ER p=0.1"] == pytest.approx([0.06, 0.01])  # seed 0 is ambiguous now
+    rows = collect(study)
+    assert paired_by_lr(rows, "rotten_tomatoes")["tad", 0.002, "ER p=0.1"] == pytest.approx(
+        [0.06, 0.01])  # seed 0 is ambiguous now
+    assert paired(rows, "rotten_tomatoes")["tad", "ER p=0.1"] == pytest.approx([-0.14, -0.16])
 
 
 def test_best_t_counts_an_auto_run_at_the_t_it_resolved_to(t_sweep):
@@ -165,7 +174,8 @@ def test_lr_is_picked_on_the_seeds_every_lr_ran(tmp_path):
         fake_run(tmp_path, f"a{seed}", ["method.name=lora", "train.lr=1e-3", f"run.seed={seed}"],
                  acc)
     fake_run(tmp_path, "b0", ["method.name=lora", "train.lr=5e-4", "run.seed=0"], 0.75)
-    lr, scores = pick_lr(collect(tmp_path))["rotten_tomatoes", "lora"]
+    rows = collect(tmp_path)
+    lr, scores = pick_lr(rows)["rotten_tomatoes", "lora", rows[0]["connectivity"]]
     assert lr == 1e-3 and scores == {5e-4: pytest.approx(0.75), 1e-3: pytest.approx(0.76)}
 
 
@@ -197,3 +207,15 @@ def test_a_run_with_a_damaged_summary_is_skipped_naming_the_file(tmp_path, capsy
     assert [r["name"] for r in collect(tmp_path)] == ["ok"]
     err = capsys.readouterr().err
     assert "skipping" in err and "bad/summary.json" in err and "restore it" in err
+
+
+def test_best_t_compares_the_t_at_the_rate_most_tad_runs_used(t_sweep):
+    # a tuned auto run at another rate, far ahead: neither a T of the sweep nor its auto T
+    before = best_t(collect(t_sweep), "rotten_tomatoes")
+    for p in T_BEST:
+        fake_run(t_sweep, f"{p}_auto_fast", ["method.name=tad", f"topology.p={p}",
+                                             "train.lr=0.001", "topology.rho_samples=300"],
+                 0.99, rho=0.5)
+    after = best_t(collect(t_sweep), "rotten_tomatoes")
+    assert {f["lr"] for f in after} == {before[0]["lr"]} != {0.001}
+    assert [(f["best"], f["stats"]) for f in after] == [(f["best"], f["stats"]) for f in before]
