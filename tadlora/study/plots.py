@@ -58,6 +58,19 @@ def _log_x(ax, ticks: list[float]) -> None:
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 
+_MARKERS = "osD^vPX"
+_MORE_COLOURS = ("black", "darkred", "navy", "darkgoldenrod", "teal", "indigo", "saddlebrown",
+                 "slategray", "lime", "magenta")
+
+
+def _style(i: int) -> dict:
+    """The i-th series' colour, marker and line: no two of the first 70 alike (matplotlib's
+    colour cycle repeats after 10, and a study's report has more methods and T than that)."""
+    colour = f"C{i % 10}" if i % 20 < 10 else _MORE_COLOURS[i % 10]
+    return {"color": colour, "marker": _MARKERS[i % len(_MARKERS)],
+            "linestyle": "-" if i < 10 else "--" if i < 20 else ":" if i < 30 else "-."}
+
+
 def _by_label(runs: list[dict]) -> dict[str, list[dict]]:
     groups = defaultdict(list)
     for r in runs:
@@ -79,10 +92,10 @@ def accuracy_vs_rounds(runs: list[dict], task: str, out: Path) -> list[Path]:
     for conn in conn_order(runs):
         here = [r for r in runs if r["connectivity"] == conn]
         fig, ax = plt.subplots(figsize=(7.5, 4))
-        for label, group in _by_label(here).items():
+        for i, (label, group) in enumerate(_by_label(here).items()):
             x, m, s = _curve(group, "evals")
-            ax.plot(x, m, marker=".", label=label)
-            ax.fill_between(x, m - s, m + s, alpha=0.15)
+            ax.plot(x, m, markersize=4, label=label, **_style(i))
+            ax.fill_between(x, m - s, m + s, alpha=0.15, color=_style(i)["color"])
         paths.append(_save(fig, _file(out, "acc_rounds", task, here[0]), ax, "round",
                            "mean client accuracy", f"{task}, {conn}"))
     return paths
@@ -101,11 +114,11 @@ def accuracy_vs_p(runs: list[dict], task: str, out: Path) -> list[Path]:
         ps = sorted(by_p)
         st = [stats(by_p[p]) for p in ps]
         if is_reference(label.split(" ")[0]) and len(ps) == 1:  # the same at every p
-            ax.axhline(st[0][0], linestyle="--", linewidth=1, color=f"C{i % 10}",
+            ax.axhline(st[0][0], linestyle="--", linewidth=1, color=_style(i)["color"],
                        label=f"{label} (any p)")
             continue
-        ax.errorbar(ps, [s[0] for s in st], [s[1] for s in st], marker="o", capsize=3,
-                    color=f"C{i % 10}", label=label)
+        ax.errorbar(ps, [s[0] for s in st], [s[1] for s in st], capsize=3, label=label,
+                    **_style(i))
     _log_x(ax, [r["p"] for r in er])
     return [_save(fig, _file(out, "acc_vs_p", task), ax, "edge probability p",
                   "final mean client accuracy", f"{task}, Erdos-Renyi")]
@@ -147,9 +160,10 @@ def cross_term(runs: list[dict], task: str, out: Path) -> list[Path]:
         if not here:
             continue
         fig, ax = plt.subplots(figsize=(7.5, 4))
-        for label, group in _by_label(here).items():
+        for i, (label, group) in enumerate(_by_label(here).items()):
             x, m, _ = _curve(group, "cross")
-            ax.plot(x, m, label=label)
+            ax.plot(x, m, label=label, markevery=max(1, len(x) // 10), markersize=4,
+                    **_style(i))
         if all(v > 0 for r in here for _, v in r["cross"]):
             ax.set_yscale("log")
         paths.append(_save(fig, _file(out, "cross_term", task, here[0]), ax, "round",

@@ -50,3 +50,26 @@ def test_accuracy_vs_t_draws_lora_as_the_bar_to_clear_and_a_t_with_fewer_seeds_a
     assert set(drawn) == {"ER p=0.1", "ER p=0.02", "lora, ER p=0.1", "ER p=0.1, fewer seeds"}
     assert list(drawn["ER p=0.1, fewer seeds"].get_xdata()) == [3]
     assert drawn["lora, ER p=0.1"].get_ydata()[0] == pytest.approx(0.75)
+
+
+def test_every_series_of_a_crowded_plot_has_its_own_style(tmp_path, monkeypatch):
+    labels = ["lora", "ffa", "rolora", *(f"tad T={t}" for t in (1, 2, 3, 5, 10, 15, 20)),
+              "tad T=auto", "adf"]  # 12 series: past the 10 colours of the cycle
+    cfg = config.load(None, ["topology.kind=er", "topology.p=0.1"])
+    runs = [{"kind": "er", "p": p, "label": label, "final": 0.7, "connectivity": "ER p=0.1",
+             "evals": [(50, 0.6), (150, 0.7)], "cfg": cfg} for label in labels for p in (0.1, 0.5)]
+    styles = []
+
+    def keep(fig, path, ax, *labels):
+        for h in ax.get_legend_handles_labels()[0]:
+            line = h.lines[0] if hasattr(h, "lines") else h  # errorbar containers
+            styles.append((line.get_color(), line.get_marker(), line.get_linestyle()))
+        return path
+
+    monkeypatch.setattr(plots, "_save", keep)
+    plots.accuracy_vs_p(runs, "t", tmp_path)
+    assert len(styles) == len(set(styles)) == len(labels)
+    styles.clear()
+    plots.accuracy_vs_rounds([r for r in runs if r["p"] == 0.1], "t", tmp_path)
+    assert len(styles) == len(set(styles)) == len(labels)
+    assert len({tuple(plots._style(i).values()) for i in range(70)}) == 70
