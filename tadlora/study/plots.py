@@ -94,8 +94,9 @@ def accuracy_vs_rounds(runs: list[dict], task: str, out: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(7.5, 4))
         for i, (label, group) in enumerate(_by_label(here).items()):
             x, m, s = _curve(group, "evals")
-            ax.plot(x, m, markersize=4, label=label, **_style(i))
-            ax.fill_between(x, m - s, m + s, alpha=0.15, color=_style(i)["color"])
+            style = _style(i)
+            ax.plot(x, m, markersize=4, label=label, **style)
+            ax.fill_between(x, m - s, m + s, alpha=0.15, color=style["color"])
         paths.append(_save(fig, _file(out, "acc_rounds", task, here[0]), ax, "round",
                            "mean client accuracy", f"{task}, {conn}"))
     return paths

@@ -74,7 +74,8 @@ def accuracy_tables(rows: list[dict], task: str) -> list[str]:
            *_table(["method", "lr", *conns], body)]
     if any(is_reference(r["label"].split(" ")[0]) for r in mine):
         out += ["† a topology-independent reference run at one connectivity, repeated.", ""]
-    if len({r["lr"] for r in mine}) > 1:
+    every_lr = sorted({r["lr"] for r in mine})
+    if len(every_lr) > 1:
         tuned = [f"{label}, {conn}: {v[0]:g} (" + ", ".join(
             f"{lr:g}: {100 * x:.2f}" for lr, x in v[1].items()) + ")"
             for label in labels for conn in conns
@@ -83,7 +84,7 @@ def accuracy_tables(rows: list[dict], task: str) -> list[str]:
                 "mean accuracy over the seeds that every rate ran): " + "; ".join(tuned), "",
                 "All learning rates:", ""]
         full = [[label, f"{lr:g}", *[_pct(c.get((task, label, conn, lr))) for conn in conns]]
-                for label in labels for lr in sorted({r["lr"] for r in mine})
+                for label in labels for lr in every_lr
                 if any(k[:2] == (task, label) and k[3] == lr for k in c)]
         out += _table(["method", "lr", *conns], full)
     return out
