@@ -22,11 +22,16 @@ import argparse
 import gzip
 import json
 import shutil
+import sys
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..runs import config
+from ..runs.config import ConfigError
 from ..runs.health import warn
 from ..runs.rundir import CONFIG, METRICS, SUMMARY, RunDir
+from .identity import ELSEWHERE, differences
 
 __all__ = ["BUNDLE", "SLIM", "add_parser", "bundle", "compact_metrics", "keep", "read_bundle"]
 
@@ -79,16 +84,36 @@ def _destination(root: Path, dest: str | Path) -> Path:
     return out
 
 
+def _not_the_same(kept: str, run: str) -> str | None:
+    """Why a record's config (TOML text) is not the same experiment as a run's, or None."""
+    try:
+        diff = differences(config.from_dict(tomllib.loads(kept)),
+                           config.from_dict(tomllib.loads(run)), ELSEWHERE)
+    except (ConfigError, tomllib.TOMLDecodeError) as e:
+        return f"the two configs cannot be compared ({e})"
+    return f"it is another run ({'; '.join(diff)})" if diff else None
+
+
+def _refuse(src: Path, where: Path, why: str) -> None:
+    warn(f"not keeping {src}: the record {where} of that name is not overwritten: {why}; keep "
+         "these runs into another directory (e.g. a subdirectory named after the sweep)")
+
+
 def keep(runs_dir: str | Path, dest: str | Path) -> list[Path]:
     """A compact record in dest/<relative path> of every finished run under runs_dir (one with
-    a summary.json); returns the records written. A record already there is rewritten."""
+    a summary.json); returns the records written. A record already there is rewritten when it
+    is the same experiment (the run resumed, or kept again), never when it is another run."""
     (root, runs), written = _finished(runs_dir), []
     out = _destination(root, dest)
     for src in runs:
+        target = out / src.relative_to(root)
+        if (target / CONFIG).is_file() and (why := _not_the_same(
+                (target / CONFIG).read_text(), (src / CONFIG).read_text())):
+            _refuse(src, target, why)
+            continue
         if (got := _read(src)) is None:
             continue
         _, rows = got
-        target = out / src.relative_to(root)
         target.mkdir(parents=True, exist_ok=True)
         for name in (CONFIG, SUMMARY):
             shutil.copyfile(src / name, target / name)
@@ -110,23 +135,42 @@ def _bundled(r: dict) -> dict:
     return out
 
 
+def _entries(path: Path) -> dict[str, dict]:
+    """The runs of an existing bundle by name ({} when there is none)."""
+    if not path.is_file():
+        return {}
+    try:
+        return {e["name"]: e for e in read_bundle(path)}
+    except (OSError, EOFError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path} cannot be read ({e}); it is not overwritten: move it away, "
+                         "or keep into another directory") from None
+
+
 def bundle(runs_dir: str | Path, dest: str | Path) -> tuple[Path, int]:
-    """Every finished run under runs_dir in dest/runs.jsonl.gz (rewritten; the same bytes
-    for the same runs); returns the file and the number of runs."""
+    """Every finished run under runs_dir in dest/runs.jsonl.gz, beside the runs of other names
+    already there (a run of the same name is replaced when it is the same experiment, else
+    not kept); the same bytes for the same runs. Returns the file and the runs written."""
     root, runs = _finished(runs_dir)
     target = _destination(root, dest) / BUNDLE
+    entries, n = _entries(target), 0
+    for src in runs:
+        name, config_text = str(src.relative_to(root)), (src / CONFIG).read_text()
+        if name in entries and (why := _not_the_same(entries[name]["config"], config_text)):
+            _refuse(src, target, f"{name}: {why}")
+            continue
+        if (got := _read(src)) is None:
+            continue
+        summary, rows = got
+        entries[name] = {"name": name, "config": config_text,
+                         "summary": {k: summary[k] for k in BUNDLE_SUMMARY if k in summary},
+                         "metrics": [_bundled(r) for r in rows]}
+        n += 1
     target.parent.mkdir(parents=True, exist_ok=True)
-    n = 0
-    with gzip.GzipFile(target, "wb", mtime=0) as f:
-        for src in runs:
-            if (got := _read(src)) is None:
-                continue
-            summary, rows = got
-            entry = {"name": str(src.relative_to(root)), "config": (src / CONFIG).read_text(),
-                     "summary": {k: summary[k] for k in BUNDLE_SUMMARY if k in summary},
-                     "metrics": [_bundled(r) for r in rows]}
+    partial = target.with_name(target.name + ".partial")
+    with gzip.GzipFile(partial, "wb", mtime=0) as f:
+        for _, entry in sorted(entries.items()):
             f.write((json.dumps(entry, allow_nan=False, separators=(",", ":")) + "\n").encode())
-            n += 1
+    partial.replace(target)  # all or nothing: an interrupted write loses no kept run
     return target, n
 
 
@@ -138,16 +182,20 @@ def read_bundle(path: Path) -> Iterator[dict]:
 
 
 def cmd_keep(ns: argparse.Namespace) -> int:
+    """Exit status 1 when a finished run was not kept (the warnings say why)."""
+    finished = len(_finished(ns.runs_dir)[1])
     if ns.bundle:
         target, n = bundle(ns.runs_dir, ns.dest)
-        print(f"kept {n} finished runs of {ns.runs_dir} in {target} "
-              f"({target.stat().st_size / 1024:.0f} KiB)")
-        return 0
-    written = keep(ns.runs_dir, ns.dest)
-    size = sum(f.stat().st_size for d in written for f in d.iterdir())
-    print(f"kept {len(written)} finished runs of {ns.runs_dir} in {ns.dest} "
-          f"({size / 1024:.0f} KiB)")
-    return 0
+        size = target.stat().st_size
+    else:
+        written = keep(ns.runs_dir, ns.dest)
+        n, target = len(written), ns.dest
+        size = sum(f.stat().st_size for d in written for f in d.iterdir())
+    print(f"kept {n} finished runs of {ns.runs_dir} in {target} ({size / 1024:.0f} KiB)")
+    if n < finished:
+        print(f"tadlora: {finished - n} finished runs not kept (the warnings above say why)",
+              file=sys.stderr)
+    return 0 if n == finished else 1
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -7,17 +7,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core.methods import uses_auto_interval
 from ..runs import config
 from ..runs.config import Config, ConfigError, toml_value
 from ..runs.rundir import CONFIG, RESUMABLE_KEYS, SUMMARY, RunDir
+from .identity import differences, identity
 from .results import collect
-from .sweep_file import Sweep, flat
-
-# keys a finished or checkpointed run may differ in from the sweep (resume can change them)
-RESUMABLE = {f"run.{k}" for k in RESUMABLE_KEYS} | {"run.out_dir"}
-# and keys a run kept elsewhere may differ in (its name, and where it ran: the same experiment)
-ELSEWHERE = RESUMABLE | {"run.name", "train.device"}
+from .sweep_file import Sweep
 
 
 @dataclass(frozen=True)
@@ -33,25 +28,6 @@ class Job:
 # ------------------------------------------------------------------ planning: what each run needs
 
 
-def _mattering(cfg: Config, ignored: set[str]) -> dict:
-    """The flat config values that matter: c and rho_samples only feed switch_interval=auto (so
-    calibrating the default c does not invalidate the lora, ffa, ... runs)."""
-    auto = uses_auto_interval(cfg.method.name, cfg.method.switch_interval)
-    ignored = ignored | (set() if auto else {"method.c", "topology.rho_samples"})
-    return {k: v for k, v in flat(config.to_dict(cfg)).items() if k not in ignored}
-
-
-def _differences(a: Config, b: Config) -> list[str]:
-    fa, fb = _mattering(a, RESUMABLE), flat(config.to_dict(b))
-    return [f"{k}: {v!r} -> {fb[k]!r}" for k, v in fa.items() if v != fb[k]]
-
-
-def _identity(cfg: Config) -> str:
-    """What a run kept elsewhere must share with a run of the sweep: all that matters, rounds
-    included (a key for a set of the kept runs)."""
-    return repr(sorted({**_mattering(cfg, ELSEWHERE), "run.rounds": cfg.run.rounds}.items()))
-
-
 def _status(directory: Path, cfg: Config) -> tuple[str, str]:
     """(action, note) for a run directory that should hold `cfg`."""
     if not (directory / CONFIG).is_file():
@@ -60,7 +36,7 @@ def _status(directory: Path, cfg: Config) -> tuple[str, str]:
         stored = config.load(directory / CONFIG)
     except ConfigError as e:  # e.g. written by another version: never delete it
         return "stale", f"its {CONFIG} cannot be read ({e})"
-    diff = _differences(stored, cfg)
+    diff = differences(stored, cfg)
     if diff:
         return "stale", f"its config differs from the sweep's: {'; '.join(diff)}"
     saved = RunDir(directory).saved_round()  # 0 = none (or unreadable: start over)
@@ -117,7 +93,7 @@ def kept_runs(dirs: list[str | Path]) -> set[str]:
     for d in dirs:
         if not Path(d).is_dir():
             raise ConfigError(f"--kept {d}: not a directory of runs or records")
-    return {_identity(r["cfg"]) for d in dirs for r in collect(d) if r["finished"]}
+    return {identity(r["cfg"]) for d in dirs for r in collect(d) if r["finished"]}
 
 
 def plan(sweep: Sweep, overrides: list[str] = (), only: list[str] = (),
@@ -134,7 +110,7 @@ def plan(sweep: Sweep, overrides: list[str] = (), only: list[str] = (),
         if not _selected(cfg, sweep.base, full, only):
             continue
         action, note = _status(out / name, cfg)
-        action = "kept" if action in ("new", "resume") and _identity(cfg) in kept else action
+        action = "kept" if action in ("new", "resume") and identity(cfg) in kept else action
         resume = tuple(f"run.{k}={toml_value(getattr(cfg.run, k))}" for k in RESUMABLE_KEYS)
         jobs.append(Job(name, out / name, full, action, note, resume))
     if only and not jobs:

@@ -95,3 +95,62 @@ def test_keep_into_the_runs_directory_itself_or_a_bundle_onto_a_file_is_named(tm
     with pytest.raises(FileExistsError, match="a-file is a file; give a directory"):
         records.bundle(runs, tmp_path / "a-file")
     assert (runs / "a" / METRICS).read_text() == before  # the run is as it was
+
+
+def test_keep_never_writes_one_run_over_another_of_the_same_name(tmp_path):
+    """Two sweeps name their runs from what varies within each, so both can have a
+    `tad__lr0.002__s0` (one at p=0.02, one at p=0.5); keeping the second into the first's
+    directory used to replace the first's record without a word."""
+    from tests.study.conftest import fake_run
+
+    first, second, dest = tmp_path / "sparse", tmp_path / "dense", tmp_path / "records"
+    fake_run(first, "tad__lr0.002__s0", ["topology.p=0.02"], 0.70)
+    records.keep(first, dest)
+    before = (dest / "tad__lr0.002__s0" / SUMMARY).read_text()
+    fake_run(second, "tad__lr0.002__s0", ["topology.p=0.5"], 0.85)
+    fake_run(second, "lora__lr0.002__s0", ["topology.p=0.5", "method.name=lora"], 0.84)
+    with pytest.warns(RunWarning, match=r"not keeping .*dense/tad__lr0.002__s0: the record .* "
+                      r"not overwritten: it is another run \(topology.p: 0.02 -> 0.5\); keep "
+                      r"these runs into another directory"):
+        kept = records.keep(second, dest)
+    assert [p.name for p in kept] == ["lora__lr0.002__s0"]  # the others are still kept
+    assert (dest / "tad__lr0.002__s0" / SUMMARY).read_text() == before
+    # the same run kept again (resumed, or run on another machine) is rewritten
+    (first / "tad__lr0.002__s0" / SUMMARY).write_text(json.dumps({"mean": 0.71}))
+    assert [p.name for p in records.keep(first, dest)] == ["tad__lr0.002__s0"]
+    assert json.loads((dest / "tad__lr0.002__s0" / SUMMARY).read_text())["mean"] == 0.71
+
+
+def test_a_bundle_keeps_the_runs_already_in_it(tmp_path):
+    """Bundling used to rewrite the file from the runs at hand only: the runs of another sweep
+    kept there, or of this sweep from a machine whose results/ is gone, were lost."""
+    from tests.study.conftest import fake_run
+
+    dest = tmp_path / "kept"
+    fake_run(tmp_path / "a", "lora", [], 0.70)
+    fake_run(tmp_path / "b", "tad", ["method.name=tad"], 0.75)
+    records.bundle(tmp_path / "a", dest)
+    path, n = records.bundle(tmp_path / "b", dest)
+    assert n == 1
+    assert sorted((e["name"], e["summary"]["mean"]) for e in records.read_bundle(path)) == [
+        ("lora", 0.70), ("tad", 0.75)]
+    fake_run(tmp_path / "c", "lora", ["train.lr=0.01"], 0.10)  # another run of that name
+    with pytest.warns(RunWarning, match=r"c/lora: .* lora: it is another run \(train.lr"):
+        assert records.bundle(tmp_path / "c", dest)[1] == 0
+    assert [e["summary"]["mean"] for e in records.read_bundle(path)] == [0.70, 0.75]
+    path.write_bytes(path.read_bytes()[:20])  # a damaged bundle is named and left alone
+    with pytest.raises(ValueError, match="runs.jsonl.gz cannot be read .* not overwritten"):
+        records.bundle(tmp_path / "a", dest)
+    assert len(path.read_bytes()) == 20
+
+
+def test_keep_exits_1_and_says_so_when_a_run_was_not_kept(tmp_path, capsys):
+    from tadlora.cli import main
+    from tests.study.conftest import fake_run
+
+    fake_run(tmp_path / "a", "run", [], 0.70)
+    fake_run(tmp_path / "b", "run", ["train.lr=0.01"], 0.60)
+    assert main(["keep", str(tmp_path / "a"), str(tmp_path / "kept")]) == 0
+    assert main(["keep", str(tmp_path / "b"), str(tmp_path / "kept")]) == 1
+    err = capsys.readouterr().err
+    assert "warning: not keeping" in err and "1 finished runs not kept" in err

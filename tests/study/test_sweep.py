@@ -13,7 +13,7 @@ from tadlora.runs import config, loop
 from tadlora.runs.config import ConfigError
 from tadlora.runs.lock import Lock
 from tadlora.runs.rundir import RunDir
-from tadlora.study import results, sweep, sweep_plan
+from tadlora.study import identity, results, sweep, sweep_plan
 from tadlora.study.sweep_file import load_sweep
 from tests.conftest import tiny_run_args
 from tests.study.test_sweep_file import GRID, REPO, write
@@ -113,7 +113,7 @@ def test_plan_classifies_run_directories(tmp_path):
     for method, matters in [("tad", True), ("lora", False), ("adf", False)]:
         a = config.load(None, [f"method.name={method}"])
         other = replace(a, method=replace(a.method, c=2.5))
-        assert bool(sweep_plan._differences(a, other)) == matters
+        assert bool(identity.differences(a, other)) == matters
     assert "run.rounds=4" in jobs["s4"].resume_overrides  # a shorter finished run is extended
     with pytest.raises(ConfigError, match="run.name"):
         sweep.plan(s, ["run.name=x"])
