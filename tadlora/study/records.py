@@ -155,7 +155,8 @@ def bundle(runs_dir: str | Path, dest: str | Path) -> tuple[Path, int]:
     entries, n = _entries(target), 0
     for src in runs:
         name, config_text = str(src.relative_to(root)), (src / CONFIG).read_text()
-        if name in entries and (why := _not_the_same(entries[name]["config"], config_text)):
+        old = entries.get(name)
+        if old is not None and (why := _not_the_same(old.get("config", ""), config_text)):
             _refuse(src, target, f"{name}: {why}")
             continue
         if (got := _read(src)) is None:
