@@ -33,7 +33,8 @@ from ..runs.health import warn
 from ..runs.rundir import CONFIG, METRICS, SUMMARY, RunDir
 from .identity import ELSEWHERE, differences
 
-__all__ = ["BUNDLE", "SLIM", "add_parser", "bundle", "compact_metrics", "keep", "read_bundle"]
+__all__ = ["BUNDLE", "SLIM", "add_parser", "bundle", "compact_metrics", "config_of", "keep",
+           "read_bundle"]
 
 SLIM = ("round", "phase", "switch_interval", "train_loss", "cross_term_error", "rho_estimate",
         "rho_estimate_spread", "rho_mc")  # what the report reads of a round (those present)
@@ -84,12 +85,19 @@ def _destination(root: Path, dest: str | Path) -> Path:
     return out
 
 
+def config_of(text: str, what: str = "config") -> config.Config:
+    """A record's config (its TOML text, as runs/config.to_toml wrote it) as a Config."""
+    try:
+        return config.from_dict(tomllib.loads(text))
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{what} is not valid TOML: {e}") from e
+
+
 def _not_the_same(kept: str, run: str) -> str | None:
     """Why a record's config (TOML text) is not the same experiment as a run's, or None."""
     try:
-        diff = differences(config.from_dict(tomllib.loads(kept)),
-                           config.from_dict(tomllib.loads(run)), ELSEWHERE)
-    except (ConfigError, tomllib.TOMLDecodeError) as e:
+        diff = differences(config_of(kept), config_of(run), ELSEWHERE)
+    except ConfigError as e:
         return f"the two configs cannot be compared ({e})"
     return f"it is another run ({'; '.join(diff)})" if diff else None
 

@@ -13,7 +13,6 @@ seeds (the best T per connectivity: study/interval.py).
 from __future__ import annotations
 
 import sys
-import tomllib
 from collections import defaultdict
 from pathlib import Path
 
@@ -58,7 +57,8 @@ def _bundle_rows(path: Path, root: Path) -> list[dict]:
     """The runs of a bundle (study/records.py) as rows, named as their directories were."""
     here = path.parent
     return [_row(here / e["name"], str((here / e["name"]).relative_to(root)),
-                 config.from_dict(tomllib.loads(e["config"])), e["summary"], e["metrics"])
+                 records.config_of(e["config"], f"the config of {e['name']} in {path}"),
+                 e["summary"], e["metrics"])
             for e in records.read_bundle(path)]
 
 
@@ -101,8 +101,7 @@ def collect(runs_dir: str | Path) -> list[dict]:
     for path in sorted(root.rglob(records.BUNDLE)):
         try:
             rows += _bundle_rows(path, root)
-        except (ConfigError, ValueError, KeyError, OSError, EOFError, tomllib.TOMLDecodeError
-                ) as e:
+        except (ConfigError, ValueError, KeyError, OSError, EOFError) as e:
             print(f"tadlora: skipping {path}: {e}", file=sys.stderr)
     _variants(rows)
     _label(rows)

@@ -1,5 +1,6 @@
 """Compact records (`tadlora keep`): small, and the report reads them as it reads the runs."""
 
+import gzip
 import json
 
 import pytest
@@ -154,3 +155,21 @@ def test_keep_exits_1_and_says_so_when_a_run_was_not_kept(tmp_path, capsys):
     assert main(["keep", str(tmp_path / "b"), str(tmp_path / "kept")]) == 1
     err = capsys.readouterr().err
     assert "warning: not keeping" in err and "1 finished runs not kept" in err
+
+
+def test_a_bundle_entry_whose_config_is_not_toml_is_named_and_skipped(tmp_path, capsys):
+    from tests.study.conftest import fake_run
+
+    fake_run(tmp_path / "a", "lora", [], 0.70)
+    path, _ = records.bundle(tmp_path / "a", tmp_path / "kept")
+    [entry] = records.read_bundle(path)
+    with pytest.raises(config.ConfigError, match="the config of x is not valid TOML"):
+        records.config_of("[run\nseed = 0", "the config of x")
+    assert records.config_of(entry["config"]) == config.from_dict(
+        config.read_toml(tmp_path / "a" / "lora" / "config.toml"))
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    with gzip.open(broken / records.BUNDLE, "wt") as f:
+        f.write(json.dumps({**entry, "config": "[run\nseed = 0"}) + "\n")
+    assert results.collect(broken) == []
+    assert "the config of lora in" in capsys.readouterr().err
