@@ -7,7 +7,7 @@ import pytest
 
 from tadlora.runs import config, loop
 from tadlora.runs.health import RunWarning
-from tadlora.runs.rundir import METRICS, SUMMARY
+from tadlora.runs.rundir import CONFIG, METRICS, SUMMARY
 from tadlora.study import records, results
 from tests.conftest import tiny_run_args
 
@@ -165,8 +165,7 @@ def test_a_bundle_entry_whose_config_is_not_toml_is_named_and_skipped(tmp_path, 
     [entry] = records.read_bundle(path)
     with pytest.raises(config.ConfigError, match="the config of x is not valid TOML"):
         records.config_of("[run\nseed = 0", "the config of x")
-    assert records.config_of(entry["config"]) == config.from_dict(
-        config.read_toml(tmp_path / "a" / "lora" / "config.toml"))
+    assert records.config_of(entry["config"]) == config.load(tmp_path / "a" / "lora" / CONFIG)
     broken = tmp_path / "broken"
     broken.mkdir()
     with gzip.open(broken / records.BUNDLE, "wt") as f:
