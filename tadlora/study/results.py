@@ -54,12 +54,17 @@ def _read_run(d: Path, root: Path) -> dict:
 
 
 def _bundle_rows(path: Path, root: Path) -> list[dict]:
-    """The runs of a bundle (study/records.py) as rows, named as their directories were."""
-    here = path.parent
-    return [_row(here / e["name"], str((here / e["name"]).relative_to(root)),
-                 records.config_of(e["config"], f"the config of {e['name']} in {path}"),
-                 e["summary"], e["metrics"])
-            for e in records.read_bundle(path)]
+    """The runs of a bundle (study/records.py) as rows, named as their directories were; an
+    entry that cannot be read is skipped with a message naming it, the others are kept."""
+    here, rows = path.parent, []
+    for i, e in enumerate(records.read_bundle(path), 1):
+        try:
+            rows.append(_row(here / e["name"], str((here / e["name"]).relative_to(root)),
+                             records.config_of(e["config"], f"the config of {e['name']} in {path}"),
+                             e["summary"], e["metrics"]))
+        except (ConfigError, ValueError, KeyError, TypeError) as err:
+            print(f"tadlora: skipping entry {i} of {path}: {err}", file=sys.stderr)
+    return rows
 
 
 def _row(d: Path, name: str, cfg: config.Config, summary: dict | None, metrics: list[dict]

@@ -170,5 +170,7 @@ def test_a_bundle_entry_whose_config_is_not_toml_is_named_and_skipped(tmp_path, 
     broken.mkdir()
     with gzip.open(broken / records.BUNDLE, "wt") as f:
         f.write(json.dumps({**entry, "config": "[run\nseed = 0"}) + "\n")
-    assert results.collect(broken) == []
-    assert "the config of lora in" in capsys.readouterr().err
+        f.write(json.dumps(entry) + "\n")
+    assert [r["name"] for r in results.collect(broken)] == ["lora"]  # the good entry stays
+    err = capsys.readouterr().err
+    assert "the config of lora in" in err and "entry 1 of" in err
