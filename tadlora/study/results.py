@@ -59,7 +59,8 @@ def _bundle_rows(path: Path, root: Path) -> list[dict]:
     here, rows = path.parent, []
     for i, e in enumerate(records.read_bundle(path), 1):
         try:
-            rows.append(_row(here / e["name"], str((here / e["name"]).relative_to(root)),
+            d = here / e["name"]
+            rows.append(_row(d, str(d.relative_to(root)),
                              records.config_of(e["config"], f"the config of {e['name']} in {path}"),
                              e["summary"], e["metrics"]))
         except (ConfigError, ValueError, KeyError, TypeError) as err:
